@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import config, dist
+from .preflight import validate
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 DEFAULT_RECIPE = "digits-mlp"
@@ -81,16 +82,6 @@ def recipe_from_args(args, extra: list[tuple[str, object]] = ()) -> config.Recip
             overrides.append((key, value))
     overrides += list(extra)
     return config.load(args.recipe or DEFAULT_RECIPE, overrides)
-
-
-def validate(recipe: config.Recipe) -> None:
-    """Cheap checks done before any process is started or file written."""
-    from . import data, models, norms
-    norms.get(recipe.norm.name, **recipe.norm.options())
-    models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})
-    data.resolve(recipe.data)
-    if recipe.model.init not in models.SCHEMES:
-        raise UsageError(f"unknown model.init '{recipe.model.init}'; choose from: {', '.join(models.SCHEMES)}")
 
 
 def cmd_train(argv: list[str]) -> int:

@@ -157,7 +157,7 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
     varying = [k for k, vals in axes if len(vals) > 1]
     out = Path(args.out)
     specs, names = [], set()
-    from .cli import validate
+    from .preflight import validate
     for norm in norm_list:
         for combo in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
             pairs = list(zip(keys, combo))

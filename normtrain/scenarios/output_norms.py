@@ -63,7 +63,7 @@ class Params(common.Params):
 
 def recipes(ctx, p: Params) -> dict:
     """The recipe of each method, validated before anything is written."""
-    from ..cli import validate
+    from ..preflight import validate
     extra = [config.parse_set(s) for s in p.recipe_set]
     out = {}
     for m in p.methods:

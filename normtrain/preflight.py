@@ -1,0 +1,19 @@
+"""Checks of a resolved recipe done before any process is started or file written.
+
+Shared by the commands (train, sweep, the scenarios that train): they sit above
+this module and import it, never each other.
+"""
+from __future__ import annotations
+
+from . import config
+from .errors import UsageError
+
+
+def validate(recipe: config.Recipe) -> None:
+    """UsageError (one line) for a method, network option, data source or init the recipe cannot use."""
+    from . import data, models, norms
+    norms.get(recipe.norm.name, **recipe.norm.options())
+    models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})
+    data.resolve(recipe.data)
+    if recipe.model.init not in models.SCHEMES:
+        raise UsageError(f"unknown model.init '{recipe.model.init}'; choose from: {', '.join(models.SCHEMES)}")
