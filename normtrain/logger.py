@@ -16,7 +16,8 @@ from .checkpoint import atomic_write_text
 
 
 class RunLogger:
-    def __init__(self, out: Path | None, total_steps: int, progress: bool, tensorboard: bool, initial_step: int = 0):
+    def __init__(self, out: Path | None, total_steps: int, progress: bool, tensorboard: bool, initial_step: int = 0,
+                 purge_step: int | None = None):
         self.out = out
         self.bar = None
         self.tb = None
@@ -30,7 +31,8 @@ class RunLogger:
                             file=sys.stderr, smoothing=0.1, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tb"))
+            # On resume TensorBoard hides the earlier attempt's events past the checkpoint's step.
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=purge_step)
         self.jsonl = open(out / "metrics.jsonl", "a")
 
     @property
