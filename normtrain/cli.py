@@ -100,6 +100,9 @@ def cmd_train(argv: list[str]) -> int:
     multi_node = args.nnodes != "1"
     if (nproc > 1 or multi_node) and not dist.in_worker_env():
         batching.for_recipe(recipe, nproc * int(args.nnodes.split(":")[-1]))  # bad split: one line, before launch
+        from . import signals
+        if signals.take():  # SIGTERM while starting: no worker was started
+            return EXIT_INTERRUPTED
         return _launch(argv, args, nproc, recipe)
     from .engine import train
     res = train(recipe)
@@ -124,6 +127,11 @@ def _launch(argv, args, nproc, recipe) -> int:
         worker_argv.append(a)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    try:
+        from torch.distributed.elastic.rendezvous.api import RendezvousError
+        rendezvous_errors = (RendezvousError,)
+    except ImportError:  # pragma: no cover - older layouts
+        rendezvous_errors = ()
 
     from .rundir import LOCK_ENV, RunDir
     # One writer per run folder: this launcher holds the lock for its workers (on node 0; the
@@ -139,6 +147,9 @@ def _launch(argv, args, nproc, recipe) -> int:
         # The agent forwarded SIGTERM/SIGINT to the workers, which finished their step and saved.
         print(f"normtrain: interrupted by signal {e.sigval}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except rendezvous_errors as e:
+        raise WorkerError(f"the workers could not meet at the rendezvous ({args.rdzv_endpoint or 'local'}): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except ChildFailedError as e:
         what, codes = dist.describe_failures(e.failures)
         for code in (EXIT_USAGE, EXIT_ENV, EXIT_WORKER, EXIT_INTERRUPTED):
@@ -216,8 +227,13 @@ COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep}
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from . import signals
     try:
         if argv and argv[0] in COMMANDS:
+            if argv[0] != "sweep":  # sweep trains through the engine, which handles signals itself
+                if signals.take():
+                    return EXIT_INTERRUPTED
+                signals.raise_on_signals()
             return COMMANDS[argv[0]](argv[1:])
         if argv and argv[0] == "train":
             argv = argv[1:]

@@ -13,6 +13,8 @@ Rank 0 alone prints, logs and writes (`Dist.main`).
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import signal
 import socket
@@ -121,8 +123,12 @@ def wrap(model: torch.nn.Module, d: Dist, broadcast_buffers: bool = True, static
     if not d.active:
         return model
     ids = [d.device.index] if d.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=broadcast_buffers,
-                                                     gradient_as_bucket_view=True, static_graph=static_graph)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renames broadcast_buffers to forward_sync_buffers (the same meaning for what we
+    # need: rank 0's buffers at construction, then per-forward syncing on or off).
+    sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+            else "broadcast_buffers": broadcast_buffers}
+    return ddp(model, device_ids=ids, gradient_as_bucket_view=True, static_graph=static_graph, **sync)
 
 
 def average_buffers(module: torch.nn.Module, d: Dist) -> None:
@@ -228,6 +234,9 @@ def launch(argv: list[str], nproc: int, nnodes: str = "1", node_rank: int = 0, r
     )
     os.environ[LAUNCHED_ENV] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # The agent's own log lines ("failed (exitcode: 2) local_rank: 0 ...", "Sending process ... SIGTERM")
+    # repeat what the workers and the launcher already say in one line each.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     elastic_launch(config, entrypoint=sys.executable)("-m", "normtrain", *argv)
 
 
@@ -313,8 +322,8 @@ class Supervisor:
                         self._fail(f"rank {r} ({self._who(r)}) has not answered for {now - last[1]:.0f} s "
                                    f"(stopped, hung or dead; run.collective_timeout = {self.timeout:g} s)")
             except Exception as e:  # noqa: BLE001 - the store's host stopped answering
-                if self._stop.is_set():
-                    return
+                if self._stop.is_set() or os.getppid() != self.ppid:
+                    continue  # stopping, or the launcher (the store's host) is gone: handled above
                 self._fail(f"the rendezvous store at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
                            f"stopped answering ({type(e).__name__}); its host (rank 0 or the launcher) is stopped or dead")
 

@@ -23,6 +23,7 @@ import math
 import platform
 import signal
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,9 @@ def share_state(decision: Decision, state: dict | None, d: dist.Dist) -> dict:
                 state = None
     missing = [r for r, ok in enumerate(dist.gather_objects(state is not None, d)) if not ok]
     if missing:
+        if d.rank in missing:
+            print(f"normtrain: rank {d.rank} cannot read {decision.path}: receiving the checkpoint from rank 0",
+                  file=sys.stderr, flush=True)
         state = dist.broadcast_object(state if d.main else None, d)
     return state
 
@@ -347,7 +351,8 @@ class StopFlag:
     """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and exits."""
 
     def __init__(self):
-        self.requested = False
+        from . import signals
+        self.requested = signals.take()  # a SIGTERM during start-up (normtrain.signals)
         self._old = {}
 
     def __enter__(self):
@@ -672,7 +677,7 @@ def train(recipe: config.Recipe) -> dict:
         supervisor.stop()
         if folder is not None:
             folder.release()
-    dist.teardown()
+        dist.teardown()  # still under StopFlag: a signal right after completion changes nothing
     return res
 
 
