@@ -94,8 +94,10 @@ def setup(device_pref: str = "auto", timeout_s: float = 1800.0) -> Dist:
                               is_master=(rank == 0 and not use_agent_store), timeout=timedelta(minutes=10),
                               wait_for_workers=False)
         store = dist.PrefixStore(f"normtrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        # The heartbeat (Supervisor) names a stopped or dead rank after timeout_s; the collectives'
+        # own timeout is the backstop for a rank that is alive but stuck, a little later.
         dist.init_process_group("nccl" if kind == "cuda" else "gloo", store=store, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+                                timeout=timedelta(seconds=timeout_s + 60))
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
@@ -337,6 +339,14 @@ class Supervisor:
         print(f"normtrain: error: {what}; stopping the run. The last checkpoint is kept: rerun the same command "
               "to resume.", file=sys.stderr, flush=True)
         os._exit(EXIT_WORKER)
+
+
+def collective_failure(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another rank is gone or timed out."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "c10d", "Connection closed by peer"))
 
 
 def describe_failures(failures: dict) -> tuple[str, list[int]]:

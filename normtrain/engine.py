@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import batching, checkpoint, config, data, dist, models, norms
-from .errors import EnvError, UsageError
+from .errors import EnvError, UsageError, WorkerError
 from .logger import RunLogger
 from .rundir import Decision, RunDir
 from .schedule import lr_at
@@ -668,11 +668,15 @@ def train(recipe: config.Recipe) -> dict:
                           f"--resume-changed train.epochs to extend it)\n{summary_line(res)}", flush=True)
             else:
                 res = _train(recipe, d, decision, state, folder, stop, t_start)
-        except BaseException:
+        except BaseException as e:
             supervisor.stop()
             if folder is not None:
                 folder.release()
             dist.teardown(clean=False)
+            if d.active and dist.collective_failure(e):
+                raise WorkerError(f"a collective failed, another rank is gone or stuck "
+                                  f"({str(e).splitlines()[0][:300]}); the last checkpoint is kept: rerun to resume"
+                                  ) from None
             raise
         supervisor.stop()
         if folder is not None:
