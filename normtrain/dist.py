@@ -182,3 +182,8 @@ def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src=0)
+
+
+def local_world_size() -> int:
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE (our launcher sets it too), else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
