@@ -252,7 +252,7 @@ class Doctor:
         elif gpu:
             micro, size, warmup, steps, repeats = 256, 224, 10, 20, 2
         else:
-            micro, size, warmup, steps, repeats = 8, 112, 1, 3, 2
+            micro, size, warmup, steps, repeats = 4, 64, 1, 2, 2
         amp = "bf16" if gpu else "off"
         base = benchmark.Config("resnet50", "bn", micro, 1, size, 1000, amp, True)
         configs = [dataclasses.replace(base, method=benchmark.TORCHVISION), base]
