@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"bench.py: error: --batches: {e}", file=sys.stderr)
         return 2
+    if a.compile != "off" and a.warmup < 1:
+        print("bench.py: error: --compile needs --warmup >= 1 (the first step compiles)", file=sys.stderr)
+        return 2
     settings = benchmark.set_fast_defaults(device)
     configs = benchmark.plan(a.models.split(","), methods, batches, a.amp.split(","), a.layouts,
                              {"off": [False], "on": [True], "both": [False, True]}[a.compile],
