@@ -1,7 +1,11 @@
 # normtrain on NVIDIA's NGC PyTorch container (PyTorch, CUDA, NCCL and DALI preinstalled).
 #   docker build -t normtrain .
-#   docker run --gpus all --ipc=host -v /data:/data -v $PWD/runs:/workspace/runs normtrain \
+#   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+#       -v /data:/data -v $PWD/runs:/workspace/runs normtrain \
 #       --recipe resnet50-imagenet --data /data/imagenet --nproc-per-node auto
+#   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 -v /data:/data normtrain \
+#       doctor --data /data/imagenet          # check the machine first (README: "Checking a machine")
+# Multi-node over InfiniBand: README, "Docker (multi-GPU servers)".
 ARG BASE=nvcr.io/nvidia/pytorch:26.10-py3
 FROM ${BASE}
 WORKDIR /opt/normtrain
@@ -14,5 +18,8 @@ RUN pip install --no-cache-dir --no-deps . \
  && pip install --no-cache-dir pyyaml tqdm tensorboard matplotlib \
  && python -c "import normtrain.cli, torch, nvidia.dali; print('normtrain ok, torch', torch.__version__)"
 WORKDIR /workspace
-ENTRYPOINT ["normtrain"]
+# Chain to NGC's own entrypoint: it prints the container banner and runs its driver and
+# CUDA-compatibility checks (warning about a missing GPU, an old driver, a small shm), then
+# execs its arguments, here `normtrain ...`.
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "normtrain"]
 CMD ["--help"]

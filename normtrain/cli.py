@@ -4,6 +4,7 @@
     normtrain list [recipes|norms|models|scenarios|data|keys]
     normtrain scenario NAME [--data D] [--set key=value ...] [--out O]
     normtrain sweep --recipe R --norm a,b --set key=v1,v2 --seeds K
+    normtrain doctor [--data PATH]      will it work here, and how fast (doctor.json)
 
 Exit codes: 0 completed, 2 bad input (nothing written), 3 diverged (recorded in
 results.json), 4 interrupted by SIGTERM/SIGINT (checkpoint saved; rerun the same
@@ -64,7 +65,8 @@ def train_parser() -> argparse.ArgumentParser:
                 "other commands:\n"
                 "  normtrain list [recipes|norms|models|scenarios|data|keys]\n"
                 "  normtrain scenario NAME [--data D] [--set k=v ...] [--out O]   (normtrain scenario NAME --help)\n"
-                "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)",
+                "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)\n"
+                "  normtrain doctor [--data PATH]   check this machine: versions, GPUs, NCCL, speed, DALI",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_recipe_args(p)
     p.add_argument("--resume", help="auto (default: continue <out>/checkpoints/last.pt), never, or a checkpoint path")
@@ -222,7 +224,12 @@ def cmd_sweep(argv: list[str]) -> int:
     return sweep.main(argv)
 
 
-COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep}
+def cmd_doctor(argv: list[str]) -> int:
+    from . import doctor
+    return doctor.main(argv)
+
+
+COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

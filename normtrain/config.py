@@ -111,7 +111,7 @@ class DataConfig:
     val_split: int = 0
     """If > 0, hold out this many training samples (stratified, fixed seed) as the evaluation set."""
     workers: int = 4
-    """Loader worker processes per process (folder backend)."""
+    """Loader workers per process: DataLoader processes (folder backend) or CPU threads of the DALI pipeline (dali; at most the CPUs per process on the node)."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning instead of stopping with an error."""
     synthetic_shape: list = field(default_factory=lambda: [3, 224, 224])

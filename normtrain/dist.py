@@ -359,3 +359,116 @@ def describe_failures(failures: dict) -> tuple[str, list[int]]:
             parts.append(f"rank {rank} (pid {f.pid}) exited with code {f.exitcode}")
         codes.append(f.exitcode)
     return "; ".join(parts), codes
+
+
+def local_world_size() -> int:
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE (our launcher sets it too), else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+
+
+# -- short local process groups (normtrain doctor) -----------------------------------------
+
+def _free_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_worker(rank, world, port, backend, fn, args, results):
+    """One process of `run_local`: join the group, run fn(Dist, *args), report, leave."""
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+            device = torch.device("cuda", rank)
+        else:
+            device = torch.device("cpu")
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=60))
+        try:
+            out = fn(Dist(rank=rank, world=world, local_rank=rank, device=device), *args)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        results.put((rank, True, out))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        results.put((rank, False, f"{type(e).__name__}: {e}".splitlines()[0]))
+
+
+def run_local(fn, nprocs: int, backend: str, *args, timeout_s: float = 120.0) -> list:
+    """Run `fn(d, *args)` in `nprocs` fresh processes on this machine joined in one process group
+    (NCCL: one GPU each; gloo: CPU) and return every rank's result in rank order.
+
+    For short checks such as `normtrain doctor`'s all-reduce, not for training (that is
+    `launch`). `fn` must be importable by name (the processes are spawned). A failing or
+    hanging rank raises RuntimeError naming it; the other processes are stopped.
+    """
+    import multiprocessing as mp
+    import queue
+    import time
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_local_worker, args=(r, nprocs, port, backend, fn, args, results), daemon=True)
+             for r in range(nprocs)]
+    for p in procs:
+        p.start()
+    got, deadline = {}, time.monotonic() + timeout_s
+    try:
+        while len(got) < nprocs:
+            try:
+                rank, ok, out = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in got and p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode}") from None
+                if time.monotonic() > deadline:
+                    missing = sorted(set(range(nprocs)) - set(got))
+                    raise RuntimeError(f"rank(s) {missing} gave no answer within {timeout_s:.0f} s") from None
+                continue
+            if not ok:
+                raise RuntimeError(f"rank {rank}: {out}")
+            got[rank] = out
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    return [got[r] for r in range(nprocs)]
+
+
+def all_reduce_bandwidth(d: Dist, sizes_bytes: list, iters: int = 20, warmup: int = 5) -> list:
+    """Time a float32 SUM all-reduce of each size across the group (call on every rank).
+
+    Returns, per size, whether one all-reduce of (rank + 1) gave n(n+1)/2, the mean seconds
+    per call (the slowest rank's: the collective ends when its last rank does), the algorithm
+    bandwidth S/t and the bus bandwidth as nccl-tests define it for all-reduce
+    (doc/PERFORMANCE.md): busbw = algbw * 2(n-1)/n, the rate each link must carry,
+    comparable across world sizes and with the hardware's peak.
+    """
+    import time
+    out = []
+    n = d.world
+    for size in sizes_bytes:
+        x = torch.full((max(1, size // 4),), float(d.rank + 1), dtype=torch.float32, device=d.device)
+        dist.all_reduce(x)
+        correct = bool((x == n * (n + 1) / 2).all().item())
+        x.zero_()  # timed on zeros: the sums stay finite however many calls
+        for _ in range(warmup):
+            dist.all_reduce(x)
+        if d.device.type == "cuda":
+            torch.cuda.synchronize(d.device)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            dist.all_reduce(x)
+        if d.device.type == "cuda":
+            torch.cuda.synchronize(d.device)
+        t = torch.tensor([(time.perf_counter() - t0) / iters], dtype=torch.float64, device=d.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        seconds = t.item()
+        algbw = 4 * x.numel() / seconds
+        out.append({"bytes": 4 * x.numel(), "seconds": seconds, "algbw_gbps": algbw / 1e9,
+                    "busbw_gbps": algbw * 2 * (n - 1) / n / 1e9, "correct": correct})
+    return out

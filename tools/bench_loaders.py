@@ -28,21 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_folder(root: Path, images: int, classes: int = 8, seed: int = 0) -> Path:
-    """ImageNet-like JPEGs: smooth random colour fields plus noise (about ImageNet's sizes and file sizes)."""
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    per = max(images // classes, 1)
-    for split, n in (("train", per), ("val", max(per // 8, 1))):
-        for c in range(classes):
-            d = root / split / f"n{c:08d}"
-            d.mkdir(parents=True, exist_ok=True)
-            for j in range(n):
-                h, w = int(rng.integers(330, 500)), int(rng.integers(375, 500))
-                small = rng.integers(0, 256, (int(rng.integers(6, 20)), int(rng.integers(6, 20)), 3), dtype=np.uint8)
-                img = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32)
-                img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"img_{j:05d}.JPEG", quality=90)
-    return root
+    """ImageNet-like JPEGs (normtrain.benchmark.make_jpeg_folder: the same generator `normtrain doctor` uses)."""
+    from normtrain.benchmark import make_jpeg_folder
+    return make_jpeg_folder(root, images, classes, seed)
 
 
 def cpu_model() -> str:
@@ -71,36 +59,11 @@ def versions() -> dict:
 
 
 def bench(backend: str, augment: str, args, device) -> dict:
-    import torch
-    from normtrain import data
+    from normtrain.benchmark import loader_images_per_s
     from normtrain.config import DataConfig
     cfg = DataConfig(source=str(args.data), backend=backend, augment=augment, image_size=args.size,
                      workers=args.workers, batch_size=args.batch)
-    t0 = time.perf_counter()
-    loader = data.build(cfg, "train", data.DataContext(0, 1, device, args.batch, 0, True))
-    build_s = time.perf_counter() - t0
-
-    def batches():
-        e = 0
-        while True:
-            yield from loader.epoch(e)
-            e += 1
-
-    it = batches()
-    for _ in range(args.warmup):
-        x, y = next(it)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    n = 0
-    for _ in range(args.batches):
-        x, y = next(it)
-        n += len(y)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": n / dt, "seconds": dt, "images": n, "build_s": build_s,
-            "output": [list(x.shape), str(x.dtype), str(x.device)]}
+    return loader_images_per_s(cfg, device, args.batch, args.batches, args.warmup)
 
 
 def main(argv=None) -> int:

@@ -7,9 +7,12 @@ class folders); the pipelines implement `imagefolder.ImagePipeline`:
   reader   fn.readers.file(files, labels, shard_id=rank, num_shards=world, pad_last_batch=True)
            train: shuffle_after_epoch=True, shuffle_after_epoch_seed=<run seed> (see below)
            eval:  no shuffling, stick_to_shard=True
-  decode   GPU: device="mixed" (nvJPEG / the hardware decoder); CPU-only: device_id=None and
-           fn.decoders.image(device="cpu") (DESIGN §7); rrc decodes only the crop window
-           (fn.decoders.image_random_crop)
+  decode   GPU: device="mixed" (nvJPEG / the hardware decoder) with nvJPEG buffers preallocated
+           for full-size ImageNet (device/host memory padding, as NVIDIA's ResNet-50 pipelines
+           do); CPU-only: device_id=None and fn.decoders.image(device="cpu") (DESIGN §7); rrc
+           decodes only the crop window (fn.decoders.image_random_crop)
+  threads  num_threads = data.workers, at most this process's share of the node's CPUs
+           (CPUs / processes on the node): the decoder threads per GPU
   gitman   fn.resize to resize x resize, fn.crop at uniform random (crop_pos_x, crop_pos_y),
            fn.color_twist with brightness, contrast, saturation ~ U(0.6, 1.4) and hue ~ U(-36°, 36°)
            (torchvision ColorJitter(0.4, 0.4, 0.4, 0.1) ranges; DALI applies them as one colour
@@ -17,7 +20,15 @@ class folders); the pipelines implement `imagefolder.ImagePipeline`:
   rrc      image_random_crop (area 0.08-1, aspect 3/4-4/3) + resize to size x size, mirror
   eval     resize (square for gitman, shorter side otherwise) to resize, centre crop
   output   fn.crop_mirror_normalize: float32 NCHW, (x - mean) / std; DALIClassificationIterator;
-           labels int64; both moved to ctx.device (a no-op for the GPU pipeline's images)
+           labels int64 on ctx.device. On the GPU the labels leave the pipeline with ``.gpu()``
+           (as DALI's ResNet-50 example does): the copy happens inside DALI's prefetched
+           pipeline, not as a pageable host-to-device copy that would block the training loop.
+
+DALI versions: 1.33 or newer (pipeline checkpointing of the file reader and the random
+operators, which the exact mid-epoch resume needs). Arguments newer than that are looked up
+once in the installed DALI's operator schemas (`has_argument`) and left out where missing,
+with one warning: ``shuffle_after_epoch_seed`` (DALI 2.2) falls back to DALI's fixed shuffle
+seed, so the data order then does not change with ``run.seed`` (augmentation still does).
 
 Epochs and sharding (differs from the torch rule of `base`, on purpose):
 - Training: every epoch DALI shuffles the whole file list with one seed shared by
@@ -59,12 +70,15 @@ before the pipeline is built (`imagefolder`).
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
 import warnings
 from typing import Iterator
 
 import torch
 
+from .. import dist
 from ..errors import UsageError
 from . import imagefolder
 from .augment import cutout
@@ -73,47 +87,135 @@ from .folder import usable_workers
 
 INSTALL_HINT = "pip install normtrain[dali] (or pip install nvidia-dali-cuda130), or use data.backend=folder"
 READER = "Reader"
+#: Oldest DALI with pipeline checkpointing of fn.readers.file and the random operators (DALI 1.33
+#: release notes: "enhanced experimental support for checkpointing").
+MIN_VERSION = (1, 33)
+#: nvJPEG buffer preallocation of the mixed decoder, big enough for every image of full-size
+#: ImageNet without reallocation: the values of NVIDIA DeepLearningExamples' ResNet-50 DALI
+#: pipeline (PyTorch/Classification/ConvNets/image_classification/dali.py) and of DALI's own
+#: ResNet-50 example (docs/examples/use_cases/pytorch/resnet50/main.py). DALI's defaults are
+#: 16 MiB / 8 MiB. hw_decoder_load stays at DALI's default (0.65), as both references leave it.
+DEVICE_MEMORY_PADDING = 211025920
+HOST_MEMORY_PADDING = 140544512
 
 _import_error: str | None = None
 _checked = False
+_warned_missing: set = set()
+
+
+def _version_tuple(v: str) -> tuple:
+    return tuple(int(p) for p in re.findall(r"\d+", v)[:2])
 
 
 def available() -> bool:
-    """True if DALI and its PyTorch plugin import (checked once per process)."""
+    """True if DALI (>= MIN_VERSION) and its PyTorch plugin import (checked once per process)."""
     global _checked, _import_error
     if not _checked:
         _checked = True
         try:
-            import nvidia.dali  # noqa: F401
+            import nvidia.dali
             import nvidia.dali.plugin.pytorch  # noqa: F401
+            version = getattr(nvidia.dali, "__version__", "0")
+            if _version_tuple(version) < MIN_VERSION:
+                _import_error = (f"DALI {version} is older than {'.'.join(map(str, MIN_VERSION))}, which the dali "
+                                 "backend needs for exact resume")
         except Exception as e:  # noqa: BLE001 - any import failure means unusable
             _import_error = f"{type(e).__name__}: {e}".splitlines()[0]
     return _import_error is None
 
 
+def version() -> str | None:
+    """The installed DALI's version string, or None when it cannot be imported."""
+    try:
+        import nvidia.dali
+        return nvidia.dali.__version__
+    except Exception:  # noqa: BLE001
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def has_argument(schema: str, argument: str) -> bool:
+    """Whether the installed DALI's operator `schema` (e.g. 'readers__File') takes `argument`.
+
+    Read from the operator schemas DALI's backend registers (`nvidia.dali.backend.TryGetSchema`,
+    what `nvidia.dali.ops` builds its Python operators from); False if the schema cannot be read.
+    """
+    try:
+        from nvidia.dali import backend
+        s = backend.TryGetSchema(schema)
+        return bool(s is not None and s.HasArgument(argument))
+    except Exception:  # noqa: BLE001 - an unreadable schema: treat the argument as missing
+        return False
+
+
+def _warn_missing(argument: str, consequence: str) -> None:
+    """One warning per process and argument (the reader is rebuilt on resume and per split)."""
+    if argument not in _warned_missing:
+        _warned_missing.add(argument)
+        warnings.warn(f"dali loader: DALI {version()} has no fn.readers.file argument '{argument}' "
+                      f"(DALI 2.2 or newer has it): {consequence}", stacklevel=3)
+
+
+def reader_args(train: bool, shuffle_seed: int, warn: bool = True) -> dict:
+    """fn.readers.file's sampling arguments, with what the installed DALI lacks left out
+    (`warn`: say so, once per process; rank 0 does, the others stay quiet)."""
+    if not train:
+        return dict(stick_to_shard=True)
+    args = dict(shuffle_after_epoch=True)
+    if has_argument("readers__File", "shuffle_after_epoch_seed"):
+        args["shuffle_after_epoch_seed"] = shuffle_seed
+    elif warn:
+        _warn_missing("shuffle_after_epoch_seed", "every epoch is still a fresh global shuffle, but from DALI's "
+                      "fixed seed, so the data order does not change with run.seed (augmentations do); "
+                      "use data.backend=folder for seed-dependent order")
+    return args
+
+
+def decoder_args(gpu: bool) -> dict:
+    """Extra arguments of the image decoders: nvJPEG buffer padding on the GPU (mixed) decoder only,
+    as the references do (DALI's example passes 0 for the CPU decoder, which ignores them)."""
+    if not gpu:
+        return {}
+    return dict(device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING)
+
+
+def decoder_threads(requested: int, local_processes: int, cpus: int | None = None) -> int:
+    """DALI CPU threads for one process: `data.workers`, at most this process's share of the CPUs.
+
+    With one process per GPU, `local_processes` pipelines share the node, so each gets
+    cpus // local_processes (DLE runs 8 threads per GPU on a DGX-1V and 16 on a DGX A100,
+    about its cores per GPU); more threads than that only oversubscribe the cores.
+    """
+    cpus = cpus if cpus is not None else usable_workers(os.cpu_count() or 1)
+    return max(1, min(requested, cpus // max(1, local_processes)))
+
+
 def require() -> None:
     if not available():
-        raise UsageError(f"data.backend=dali needs NVIDIA DALI, which cannot be imported ({_import_error}): {INSTALL_HINT}")
+        raise UsageError(f"data.backend=dali needs NVIDIA DALI >= {'.'.join(map(str, MIN_VERSION))}, which cannot be "
+                         f"used here ({_import_error}): {INSTALL_HINT}")
 
 
 def _define(spec: imagefolder.ImagePipeline, files, labels, train: bool, shard: int, world: int,
             shuffle_seed: int, gpu: bool):
     """The DALI graph of `spec` (called inside a pipeline_def)."""
     from nvidia.dali import fn, types
-    reader = dict(shuffle_after_epoch=True, shuffle_after_epoch_seed=shuffle_seed) if train else dict(stick_to_shard=True)
+    sampling = reader_args(train, shuffle_seed, warn=shard == 0)
     jpegs, label = fn.readers.file(files=files, labels=labels, shard_id=shard, num_shards=world,
-                                   pad_last_batch=True, name=READER, **reader)
+                                   pad_last_batch=True, name=READER, **sampling)
     dev = "mixed" if gpu else "cpu"
+    dec = decoder_args(gpu)
     s, r = spec.size, spec.resize
     aug = spec.augment if train else "none"
     pos_x = pos_y = 0.5
     if aug == "rrc":
         images = fn.decoders.image_random_crop(jpegs, device=dev, output_type=types.RGB,
                                                random_area=list(imagefolder.RRC_SCALE),
-                                               random_aspect_ratio=list(imagefolder.RRC_RATIO), num_attempts=100)
+                                               random_aspect_ratio=list(imagefolder.RRC_RATIO), num_attempts=100,
+                                               **dec)
         images = fn.resize(images, resize_x=s, resize_y=s)
     else:
-        images = fn.decoders.image(jpegs, device=dev, output_type=types.RGB)
+        images = fn.decoders.image(jpegs, device=dev, output_type=types.RGB, **dec)
         images = fn.resize(images, resize_x=r, resize_y=r) if spec.square else fn.resize(images, resize_shorter=r)
         if aug in ("crop-flip", "gitman"):
             pos_x, pos_y = fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0))
@@ -129,7 +231,8 @@ def _define(spec: imagefolder.ImagePipeline, files, labels, train: bool, shard: 
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(s, s),
                                       crop_pos_x=pos_x, crop_pos_y=pos_y, mean=list(spec.mean), std=list(spec.std),
                                       mirror=mirror)
-    return images, label
+    # Labels to the GPU inside the pipeline, as DALI's ResNet-50 example does (`labels.gpu()`).
+    return images, (label.gpu() if gpu else label)
 
 
 def _dali_reason(message: str) -> str:
@@ -169,9 +272,10 @@ class DALILoader(Loader):
         # The reader's shuffle is shared by all ranks; augmentation randomness differs per rank.
         shuffle_seed = (ctx.seed * 7919 + 17) % (2 ** 31)
         pipe_seed = (ctx.seed * 1_000_003 + ctx.rank * 7919 + 1) % (2 ** 31)
+        self.num_threads = decoder_threads(self.cfg.workers, dist.local_world_size())
         pipe = pipeline_def(_define, enable_checkpointing=True)(
             self.spec, self.files, self.labels, ctx.train, ctx.rank, ctx.world, shuffle_seed, self.gpu,
-            batch_size=ctx.batch_size, num_threads=max(1, usable_workers(self.cfg.workers)), device_id=device_id,
+            batch_size=ctx.batch_size, num_threads=self.num_threads, device_id=device_id,
             seed=pipe_seed, prefetch_queue_depth=2, checkpoint=checkpoint)
         policy = LastBatchPolicy.DROP if ctx.train else LastBatchPolicy.PARTIAL
         self._it = self._guard(lambda: DALIClassificationIterator(pipe, reader_name=READER, last_batch_policy=policy,
