@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from normtrain import config, models, norms
+from normtrain import batching, config, models, norms
 
 RECIPES = config.recipe_names()
 
@@ -106,13 +106,16 @@ def test_paper_numbers():
 
     r = config.load("resnet50-imagenet-ws")  # Qiao et al. §3.1
     assert (r.train.epochs, r.schedule.name, r.schedule.step_every, r.schedule.gamma) == (90, "step", 30, 0.1)
-    assert (r.norm.name, r.data.batch_size, r.train.accum_steps) == ("ws-gn", 256, 64)
-    assert config.load("resnet50-imagenet-ws", [("norm.name", "bn")]).train.accum_steps == 1
+    # 1 image per GPU and iteration size 64 on the paper's 4 GPUs (batching derives it from the GPU count).
+    assert (r.norm.name, r.data.batch_size, r.train.micro_batch) == ("ws-gn", 256, 1)
+    assert batching.for_recipe(r, 4).accum == 64
+    bn = config.load("resnet50-imagenet-ws", [("norm.name", "bn")])
+    assert (bn.train.accum_steps, batching.for_recipe(bn, 4).micro) == (1, 64)   # 64 images per GPU
     r = config.load("resnet101-imagenet")
-    assert (r.train.epochs, r.data.batch_size, r.train.accum_steps) == (100, 128, 32)
+    assert (r.train.epochs, r.data.batch_size, batching.for_recipe(r, 4).accum) == (100, 128, 32)
     for name in ("resnext50-imagenet", "resnext101-imagenet"):
         r = config.load(name)
-        assert (r.train.epochs, r.train.accum_steps, r.norm.groups) == (100, 32, 32)
+        assert (r.train.epochs, batching.for_recipe(r, 4).accum, r.train.micro_batch, r.norm.groups) == (100, 32, 1, 32)
 
     r = config.load("wrn28-10-cifar100")     # Dimitriou & Arandjelovic §3.2
     assert (r.data.batch_size, r.train.epochs, r.data.val_split) == (512, 200, 5000)
@@ -154,7 +157,7 @@ def test_recipe_trains_two_steps_on_synthetic_data(name, tmp_path):
         ("data.synthetic_classes", classes), ("data.num_classes", classes),
         ("data.synthetic_samples", 16), ("data.batch_size", 8), ("data.eval_batch_size", 8),
         ("data.val_split", 0),          # nothing to hold out of 16 synthetic samples
-        ("train.max_steps", 2), ("train.accum_steps", 1),
+        ("train.max_steps", 2), ("train.accum_steps", 1), ("train.micro_batch", 0),
         ("log.progress", False), ("log.tensorboard", False),
         ("run.out", str(tmp_path / "run")), ("run.device", "cpu"),
     ]
@@ -165,7 +168,8 @@ def test_recipe_trains_two_steps_on_synthetic_data(name, tmp_path):
 
 
 def test_default_recipe_learns_digits(tmp_path):
-    """digits-mlp, the default recipe, gets well above chance (> 90%) in a few seconds on CPU."""
+    """digits-mlp, the default recipe, gets well above chance (> 90%) on CPU (its speed is a
+    benchmark figure in the README, not a unit-test bound)."""
     engine = _engine()
     recipe = config.load("digits-mlp", overrides=[
         ("log.progress", False), ("log.tensorboard", False),
@@ -173,4 +177,3 @@ def test_default_recipe_learns_digits(tmp_path):
     res = engine.train(recipe)
     assert res["status"] == "completed"
     assert res["final"]["eval/top1"] > 90.0
-    assert res["timings"]["train_s"] < 30.0
