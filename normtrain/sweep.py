@@ -157,7 +157,7 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
     varying = [k for k, vals in axes if len(vals) > 1]
     out = Path(args.out)
     specs, names = [], set()
-    from .preflight import validate
+    from .preflight import check_names, validate
     for norm in norm_list:
         for combo in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
             pairs = list(zip(keys, combo))
@@ -173,8 +173,11 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
                 if args.data:
                     overrides.insert(0, ("data.source", args.data))
                 recipe = config.load(args.recipe, overrides)
-                validate(recipe)
+                check_names(recipe)
                 specs.append(RunSpec(norm, pairs, k, recipe, out / name, label, overrides))
+    # Every recipe loaded and every name known before the checks that build networks (and import torch).
+    for s in specs:
+        validate(s.recipe)
     return specs, varying
 
 
