@@ -41,6 +41,7 @@ class SyntheticLoader(Loader):
 
 
 def build(cfg, split: str, ctx: DataContext):
+    """Random tensors made on the device, shaped like the recipe's data (benchmarks and smoke tests)."""
     n = cfg.synthetic_samples if split == "train" else max(cfg.synthetic_samples // 4, 1)
     classes = cfg.num_classes or cfg.synthetic_classes
     return SyntheticLoader(cfg.synthetic_shape, classes, n, ctx)

@@ -51,4 +51,5 @@ class SequentialNorm(Normalizer):
 
 
 def build(options):
+    """SeqNorm: GroupNorm (no affine, norm.groups) then GhostNorm (norm.ghost_groups chunks)."""
     return SequentialNorm(options)
