@@ -233,7 +233,11 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     progress: bool = True
-    """tqdm progress bar on rank 0 (loss, lr, images/s, ETA) on stderr; off a terminal it redraws every 30 s."""
+    """Progress on stderr (rank 0): a tqdm bar (loss, lr, images/s, ETA) on a terminal; off a terminal a plain line (step, epoch, loss, lr, images/s, ETA) at most every interval_s."""
+    interval_s: float = 30.0
+    """Off a terminal: seconds between progress lines (0 = one at every every_steps); with eval_lines=interval, the least time between printed evaluation lines."""
+    eval_lines: str = "interval"
+    """Evaluation lines on stdout: all (one per evaluation), interval (at most one per interval_s) or none (the final summary only). metrics.jsonl and TensorBoard get every evaluation."""
     tensorboard: bool = True
     """Write TensorBoard scalars under <out>/tb."""
     every_steps: int = 10
@@ -243,6 +247,8 @@ class LogConfig:
 
     def check(self):
         _range("every_steps", self.every_steps, 1)
+        _range("interval_s", self.interval_s, 0.0)
+        _choice("eval_lines", self.eval_lines, ("all", "interval", "none"))
 
 
 @dataclass

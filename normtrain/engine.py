@@ -27,9 +27,13 @@ import torch.nn.functional as F
 
 from . import checkpoint, config, data, dist, models, norms
 from .errors import UsageError
-from .logger import RunLogger
+from .logger import RunLogger, duration
 from .schedule import lr_at
 from .version import __version__
+
+
+#: Optimizer steps at the start of each invocation left out of images/s (see `throughput`).
+WARMUP_STEPS = 5
 
 
 # -- setup --------------------------------------------------------------------------
@@ -54,7 +58,6 @@ class Run:
     best_top1: float = -1.0
     history: list = field(default_factory=list)  # evaluations, divergence, and the latest training scalars
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0})
-    images: int = 0                    # global training images processed in this process's lifetime
     step_times: list = field(default_factory=list)  # seconds per optimizer step (this process's lifetime)
     pending_init: bool = True          # a layer may still want its data-dependent init (checked once)
 
@@ -306,7 +309,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
     accum = r.train.accum_steps
     tracker = NormTracker(run.raw) if r.log.track_norms else None
     end_step = run.total_steps if not r.train.max_steps else min(run.total_steps, r.train.max_steps)
-    window = {"loss": torch.zeros((), device=d.device), "correct": 0, "n": 0, "steps": 0, "t": time.perf_counter()}
+    window = {"loss": torch.zeros((), device=d.device), "correct": 0, "n": 0, "steps": 0, "time": 0.0}
     status = "completed"
     run.model.train()
     while run.step < end_step:
@@ -337,33 +340,32 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.optimizer.zero_grad(set_to_none=True)
             run.step += 1
             run.batch += accum
-            run.images += n * d.world
             window["loss"] += loss
             window["correct"] += correct
             window["n"] += n
             window["steps"] += 1
             run.step_times.append(time.perf_counter() - t0)
             run.timings["train_s"] += run.step_times[-1]
+            window["time"] += run.step_times[-1]
             if log_now:
                 stats = torch.stack([window["loss"], torch.as_tensor(window["correct"], device=d.device).float(),
                                      torch.tensor(float(window["n"]), device=d.device)])
                 dist.all_sum(stats)
                 loss_v, corr_v, n_v = stats.tolist()
-                elapsed = time.perf_counter() - window["t"]
+                # Images over the window's step time (evaluation and checkpoints excluded), as in results.json.
                 values = {"train/loss": loss_v / (window["steps"] * d.world), "train/top1": 100 * corr_v / max(n_v, 1),
-                          "train/lr": lr, "train/images_per_s": n_v / max(elapsed, 1e-9),
+                          "train/lr": lr, "train/images_per_s": n_v / max(window["time"], 1e-9),
                           "train/grad_norm": float(grad_norm) if grad_norm is not None else None}
                 if tracker is not None:
                     values.update(tracker.pop())
-                log.scalars(run.step, values, epoch=run.epoch)
-                log.advance(window["steps"], {"loss": f"{values['train/loss']:.4f}", "lr": f"{lr:.3g}",
-                                              "img/s": f"{values['train/images_per_s']:.0f}"})
+                log.scalars(run.step, values)
+                log.advance(window["steps"], values)
                 # Keep one training entry at the end of the history (metrics.jsonl has them all),
                 # so checkpoints of long runs do not grow with every logged step.
                 if run.history and "train/loss" in run.history[-1]:
                     run.history.pop()
                 run.history.append({"step": run.step, **values})
-                window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, t=time.perf_counter())
+                window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, time=0.0)
             if r.train.eval_every_steps and run.step % r.train.eval_every_steps == 0:
                 record_eval(run, log)
             if flags[1]:
@@ -408,13 +410,13 @@ def checked_save(run: Run, log: RunLogger) -> bool:
 
 def record_eval(run: Run, log: RunLogger) -> dict:
     metrics = evaluate(run)
-    log.scalars(run.step, metrics, epoch=run.epoch)
+    log.scalars(run.step, metrics)
     run.history.append({"step": run.step, **metrics})
     if metrics["eval/top1"] > run.best_top1:
         run.best_top1 = metrics["eval/top1"]
         save_checkpoint(run, "best")
-    log.print(f"step {run.step} epoch {run.epoch}: eval loss {metrics['eval/loss']:.4f} "
-              f"top1 {metrics['eval/top1']:.2f}% top5 {metrics['eval/top5']:.2f}%")
+    log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval loss {metrics['eval/loss']:.4f} "
+                  f"top1 {metrics['eval/top1']:.2f}% top5 {metrics['eval/top5']:.2f}%")
     return metrics
 
 
@@ -446,7 +448,9 @@ def summary_line(res: dict) -> str:
         parts.append(f"eval top1 {f['eval/top1']:.2f}% top5 {f['eval/top5']:.2f}% (best {res['best_eval_top1']:.2f}%)")
     if f.get("train/loss") is not None:
         parts.append(f"train loss {f['train/loss']:.4f}")
-    parts.append(f"{res['timings']['images_per_s']:.0f} img/s, {res['timings']['total_s']:.1f}s")
+    t = res["timings"]
+    parts.append(f"{'-' if t['images_per_s'] is None else format(t['images_per_s'], '.0f')} img/s, "
+                 f"{duration(t['total_s'])}")
     parts.append(f"-> {res['out']}")
     return " | ".join(parts)
 
@@ -464,10 +468,13 @@ def train(recipe: config.Recipe) -> dict:
             checkpoint.atomic_write_text(run.out / "recipe.yaml", config.dump(recipe))
             log = RunLogger(run.out, run.total_steps if not recipe.train.max_steps
                             else min(run.total_steps, recipe.train.max_steps),
-                            recipe.log.progress, recipe.log.tensorboard, initial_step=run.step)
+                            recipe.log.progress, recipe.log.tensorboard, initial_step=run.step,
+                            steps_per_epoch=run.steps_per_epoch, interval_s=recipe.log.interval_s,
+                            eval_lines=recipe.log.eval_lines)
             if start_step:
-                log.print(f"resumed from step {start_step} (epoch {run.epoch}, batch {run.batch})")
+                log.print(f"resumed from step {start_step} (epoch {log.epoch(start_step):.2f})")
         try:
+            run.timings["setup_s"] = time.perf_counter() - t_start
             with StopFlag() as stop:
                 status = loop(run, log, stop)
             res = results(run, status, time.perf_counter() - t_start, start_step)
@@ -483,22 +490,37 @@ def train(recipe: config.Recipe) -> dict:
     return res
 
 
+def throughput(run: Run) -> dict:
+    """images/s of this invocation: global images per step x timed steps / their summed step time.
+
+    The first `WARMUP_STEPS` steps (at most half of them) are left out: allocator growth,
+    cuDNN autotuning, torch.compile and the first batches of a loader run there. A step's
+    time covers its data loading, forward, backward and optimizer step, not evaluations or
+    checkpoints. None when no step was timed.
+    """
+    warm = min(WARMUP_STEPS, len(run.step_times) // 2)
+    timed = run.step_times[warm:]
+    return {"images_per_s": run.recipe.data.batch_size * len(timed) / sum(timed) if timed else None,
+            "warmup_steps": warm, "timed_steps": len(timed),
+            "step_s_median": statistics.median(timed) if timed else None}
+
+
 def results(run: Run, status: str, total_s: float, start_step: int) -> dict:
     r = run.recipe
     final = {}
     for h in run.history:
-        final.update({k: v for k, v in h.items() if "/" in k and v is not None})
+        # The last value of each metric; throughput is in timings (one definition, warm-up excluded).
+        final.update({k: v for k, v in h.items() if "/" in k and v is not None and k != "train/images_per_s"})
     diverged = [h["step"] for h in run.history if h.get("diverged")]
     return {
         "status": status,
         "recipe": r.run.name, "model": r.model.name, "norm": r.norm.name,
         "steps": run.step, "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
-        "epoch": run.epoch, "resumed_from_step": start_step,
+        "epoch": round(run.step / run.steps_per_epoch, 4), "resumed_from_step": start_step,
         "diverged_at_step": diverged[-1] if diverged else None,
         "final": final, "best_eval_top1": run.best_top1 if run.best_top1 >= 0 else None,
-        "timings": {"total_s": total_s, "train_s": run.timings["train_s"], "eval_s": run.timings["eval_s"],
-                    "images_per_s": run.images / max(run.timings["train_s"], 1e-9),
-                    "step_s_median": statistics.median(run.step_times) if run.step_times else None},
+        "timings": {"total_s": total_s, "setup_s": run.timings.get("setup_s"), "train_s": run.timings["train_s"],
+                    "eval_s": run.timings["eval_s"], **throughput(run)},
         "world_size": run.d.world, "device": str(run.d.device),
         "versions": {"normtrain": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "out": str(run.out),

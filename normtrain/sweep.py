@@ -169,7 +169,7 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
                                      f"make the --set values distinct")
                 names.add(name)
                 overrides = [("norm.name", norm), *pairs, ("run.seed", base.run.seed + k),
-                             ("run.out", str(out / name)), ("run.name", name), ("log.progress", sys.stderr.isatty())]
+                             ("run.out", str(out / name)), ("run.name", name)]
                 if args.data:
                     overrides.insert(0, ("data.source", args.data))
                 recipe = config.load(args.recipe, overrides)
@@ -192,7 +192,8 @@ def finished(spec: RunSpec) -> dict | None:
         res = json.loads(res_path.read_text())
         saved, wanted = yaml.safe_load(rec_path.read_text()), yaml.safe_load(config.dump(spec.recipe))
         for d in (saved, wanted):
-            d.get("log", {}).pop("progress", None)  # display only
+            for k in ("progress", "interval_s", "eval_lines"):  # display only
+                d.get("log", {}).pop(k, None)
         same = saved == wanted
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return None
