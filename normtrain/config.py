@@ -106,12 +106,12 @@ class DataConfig:
     """Loader worker processes per process (folder backend)."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning instead of stopping with an error."""
-    synthetic_shape: list = field(default_factory=lambda: [3, 224, 224])
-    """Synthetic backend: sample shape [C, H, W] (or [F])."""
+    synthetic_shape: list = field(default_factory=list)
+    """Synthetic backend: sample shape [C, H, W] (or [F]); [] = the shape of the recipe's own data (e.g. 3x28x28 for cifar10-nv; config.synthetic_like)."""
     synthetic_samples: int = 1024
     """Synthetic backend: samples per epoch."""
-    synthetic_classes: int = 10
-    """Synthetic backend: number of classes."""
+    synthetic_classes: int = 0
+    """Synthetic backend: number of classes; 0 = num_classes, or the recipe's own data's."""
 
     def check(self):
         _range("batch_size", self.batch_size, 1)
@@ -125,8 +125,8 @@ class DataConfig:
         _range("val_split", self.val_split, 0)
         _range("workers", self.workers, 0)
         _range("synthetic_samples", self.synthetic_samples, 1)
-        _range("synthetic_classes", self.synthetic_classes, 1)
-        if not self.synthetic_shape or any((not isinstance(s, int)) or s < 1 for s in self.synthetic_shape):
+        _range("synthetic_classes", self.synthetic_classes, 0)
+        if any((not isinstance(s, int)) or s < 1 for s in self.synthetic_shape):
             raise ValueError("synthetic_shape: expected a list of positive integers")
 
 
@@ -217,6 +217,8 @@ class TrainConfig:
     """Cross-entropy label smoothing."""
     checkpoint_every_steps: int = 0
     """Also save `last` every N optimizer steps (0 = at each epoch end only)."""
+    memory_check: bool = True
+    """Before building the model, refuse (exit 2) a run whose training step clearly cannot fit in the memory available (a lower-bound estimate, normtrain/memory.py)."""
 
     def check(self):
         _range("epochs", self.epochs, 0.0, lo_open=True)
@@ -271,6 +273,31 @@ class Recipe:
 
 
 SECTIONS = ["run", "model", "norm", "data", "optim", "schedule", "train", "log"]
+
+
+def synthetic_like(data: DataConfig, like: DataConfig) -> None:
+    """Fill an unset synthetic_shape / synthetic_classes of `data` from the data `like` describes.
+
+    `like` is the recipe file's own data section (before --data synthetic replaced its
+    source). Its kind is read from its backend or the name of its source: the built-in
+    digits are 1x8x8; a source named like MNIST 1x28x28, CIFAR 3x32x32 (100 classes for
+    CIFAR-100); anything else ImageNet-style 3x224x224. data.image_size, when set, is the
+    side (it is the training crop every backend produces). Classes: num_classes if set.
+    """
+    kind = like.backend if like.backend not in ("auto", "synthetic") else Path(like.source).name.lower()
+    if "digits" in kind:
+        channels, side, classes = 1, 8, 10
+    elif "mnist" in kind:
+        channels, side, classes = 1, 28, 10
+    elif "cifar" in kind:
+        channels, side, classes = 3, 32, 100 if "100" in kind else 10
+    else:
+        channels, side, classes = 3, 224, 1000 if "imagenet" in kind else 10
+    if not data.synthetic_shape:
+        side = data.image_size or side
+        data.synthetic_shape = [channels, side, side]
+    if not data.synthetic_classes:
+        data.synthetic_classes = data.num_classes or like.num_classes or classes
 
 
 # -- checks -------------------------------------------------------------------
@@ -435,11 +462,14 @@ def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Rec
             raise UsageError(f"{source}: per_norm.{k} must be a mapping of 'section.key: value'")
     for key, value in (recipe.per_norm or {}).get(norm_name, {}).items():
         _set(recipe, key, value, f"{source} (per_norm.{norm_name})")
+    own_data = dataclasses.replace(recipe.data)  # what the recipe itself trains on (for synthetic stand-ins)
     for key, value in overrides:
         if key == "per_norm":
             raise UsageError("--set: per_norm cannot be set from the command line")
         _set(recipe, key, value, "--set")
     check(recipe, source if not overrides else f"{source} with --set")
+    if "synthetic" in (recipe.data.source, recipe.data.backend):
+        synthetic_like(recipe.data, own_data)
     if not recipe.run.name:
         recipe.run.name = f"{stem}-{recipe.norm.name}"
     if not recipe.run.out:

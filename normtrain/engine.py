@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, config, data, dist, models, norms
+from . import checkpoint, config, data, dist, memory, models, norms
 from .errors import UsageError
 from .logger import RunLogger, duration
 from .schedule import lr_at
@@ -426,6 +426,8 @@ def prepare(recipe: config.Recipe, d: dist.Dist) -> Run:
     """Everything before the loop, with no file written (bad input raises UsageError first)."""
     out = Path(recipe.run.out)
     train_loader, val_loader, spe = setup_data(recipe, d)
+    memory.check(recipe, d.device, train_loader.in_shape, train_loader.num_classes,
+                 recipe.data.batch_size // (d.world * recipe.train.accum_steps))  # before the model is built
     total = max(1, math.ceil(recipe.train.epochs * spe))
     run = Run(recipe=recipe, d=d, out=out, train_loader=train_loader, val_loader=val_loader,
               steps_per_epoch=spe, total_steps=total)
@@ -473,6 +475,9 @@ def train(recipe: config.Recipe) -> dict:
                             eval_lines=recipe.log.eval_lines)
             if start_step:
                 log.print(f"resumed from step {start_step} (epoch {log.epoch(start_step):.2f})")
+            if "synthetic" in (recipe.data.source, recipe.data.backend):
+                log.print(f"data: synthetic, {'x'.join(map(str, run.train_loader.in_shape))} samples, "
+                          f"{run.train_loader.num_classes} classes (data.synthetic_shape, data.synthetic_classes)")
         try:
             run.timings["setup_s"] = time.perf_counter() - t_start
             with StopFlag() as stop:
