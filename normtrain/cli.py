@@ -92,7 +92,12 @@ def cmd_train(argv: list[str]) -> int:
     from . import dist  # torch: only once the input is known to be good
     nproc = dist.resolve_nproc(args.nproc_per_node, recipe.run.device)
     multi_node = args.nnodes != "1"
-    if (nproc > 1 or multi_node) and not dist.in_worker_env():
+    slurm = dist.slurm_env()
+    if slurm is not None and int(slurm["LOCAL_WORLD_SIZE"]) > 1 and (nproc > 1 or multi_node):
+        raise UsageError(f"this is task {slurm['RANK']} of {slurm['WORLD_SIZE']} of an srun step, and each task is "
+                         f"already one worker: drop --nproc-per-node/--nnodes, or start one task per node "
+                         f"(srun --ntasks-per-node=1) to have normtrain start the workers")
+    if (nproc > 1 or multi_node) and not dist.torchrun_env():
         world = nproc * int(args.nnodes.split(":")[-1])
         if recipe.data.batch_size % (world * recipe.train.accum_steps):
             raise UsageError(f"data.batch_size {recipe.data.batch_size} is not divisible by processes ({world}) "
