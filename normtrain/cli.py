@@ -33,6 +33,7 @@ examples:
   normtrain --recipe cifar10-nv --set optim.lr=0.02 --set train.epochs=2 --out runs/x
   normtrain list norms
   normtrain scenario linear50-wn
+  normtrain runs runs/ --csv > runs.csv
 
 exit codes: 0 completed, 2 bad input (nothing written), 3 diverged (see results.json),
             4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume)
@@ -61,7 +62,8 @@ def train_parser() -> argparse.ArgumentParser:
                 "other commands:\n"
                 "  normtrain list [all|recipes|norms|models|scenarios|data|keys]   (default all: every table but keys)\n"
                 "  normtrain scenario NAME [--data D] [--set k=v ...] [--out O]   (normtrain scenario NAME --help)\n"
-                "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)",
+                "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)\n"
+                "  normtrain runs [DIR] [--csv]                                    the runs under DIR (default runs/)",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_recipe_args(p)
     p.add_argument("--resume", help="auto (default: continue <out>/checkpoints/last.pt), never, or a checkpoint path")
@@ -198,7 +200,12 @@ def cmd_sweep(argv: list[str]) -> int:
     return sweep.main(argv)
 
 
-COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep}
+def cmd_runs(argv: list[str]) -> int:
+    from . import runs
+    return runs.main(argv)
+
+
+COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "runs": cmd_runs}
 
 
 def main(argv: list[str] | None = None) -> int:
