@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import __future__
 import ast
+import inspect
+import io
+import re
 import sys
+import tokenize
 import types
 from functools import lru_cache
 from pathlib import Path
@@ -49,21 +53,52 @@ def path_of(module: str) -> Path | None:
 
 
 @lru_cache(maxsize=None)
+def parse(path: str) -> ast.Module:
+    """The syntax tree of a source file, parsed once per process."""
+    return ast.parse(Path(path).read_text(), path)
+
+
 def _tree(module: str) -> ast.Module:
     path = path_of(module)
     if path is None:
         raise ModuleNotFoundError(module)
-    return ast.parse(path.read_text(), str(path))
+    return parse(str(path))
 
 
 def docstring(module: str, attr: str | None = None) -> str:
-    """The docstring of `module` or of its top-level function/class `attr` ('' if it has none)."""
-    tree = _tree(module)
-    if attr is None:
-        return ast.get_docstring(tree) or ""
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == attr:
-            return ast.get_docstring(node) or ""
+    """The docstring of `module` or of its top-level function/class `attr` ('' if it has none).
+
+    Read with `tokenize` from the first lines of the module or of the definition only, not by
+    parsing the whole file: `normtrain list` reads dozens of them.
+    """
+    path = path_of(module)
+    if path is None:
+        raise ModuleNotFoundError(module)
+    text = path.read_text()
+    if attr is not None:
+        m = re.search(rf"^(?:async\s+def|def|class)\s+{re.escape(attr)}\b", text, re.M)
+        if m is None:
+            return ""
+        text = text[m.start():]
+    depth, header_done = 0, attr is None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if not header_done:  # skip the def/class line(s) up to the ':' outside brackets
+                if tok.type == tokenize.OP and tok.string in "([{":
+                    depth += 1
+                elif tok.type == tokenize.OP and tok.string in ")]}":
+                    depth -= 1
+                elif tok.type == tokenize.OP and tok.string == ":" and depth == 0:
+                    header_done = True
+                continue
+            if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.ENCODING):
+                continue
+            if tok.type == tokenize.STRING:
+                value = ast.literal_eval(tok.string)
+                return inspect.cleandoc(value) if isinstance(value, str) else ""
+            return ""
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return ""
     return ""
 
 
@@ -96,7 +131,10 @@ def _external_ok(name: str) -> bool:
 
 @lru_cache(maxsize=None)
 def is_light(module: str, _seen: frozenset = frozenset()) -> bool:
-    """True if importing normtrain module `module` imports nothing heavy (checked from the sources)."""
+    """True if importing normtrain module `module` imports nothing heavy (checked from the sources;
+    a module already imported costs nothing more and counts as light)."""
+    if module in sys.modules:
+        return True
     seen = _seen | {module}
     parts = module.split(".")
     for i in range(1, len(parts)):  # importing a.b.c imports a and a.b first
