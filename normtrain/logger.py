@@ -1,8 +1,8 @@
 """What a run shows and leaves behind; rank 0 only (other ranks get a silent logger).
 
 - progress on stderr (`log.progress`): on a terminal a tqdm bar (loss, lr, images/s,
-  ETA), with every message (evaluations, resume, divergence) written through
-  ``tqdm.write`` so the bar is never torn; off a terminal (CI logs, Slurm output
+  ETA), with every message (evaluations, resume, divergence, Python warnings)
+  written through ``tqdm.write`` so the bar is never torn; off a terminal (CI logs, Slurm output
   files, ``docker run`` without -t) plain lines ``step 120/5600 (2.1%) epoch 0.43 |
   loss 1.2345 | lr 0.1 | 1234 img/s | ETA 1h02m`` at most every `log.interval_s`
   seconds, and never a carriage return;
@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
@@ -58,12 +59,18 @@ class RunLogger:
                 from tqdm import tqdm
                 self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                                 file=self.stream, smoothing=0.1, mininterval=0.1)
+                # Warnings (e.g. a skipped corrupt image) go through the bar too.
+                self._showwarning = warnings.showwarning
+                warnings.showwarning = self._warn
             else:
                 self.plain = True
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(out / "tb"))
         self.jsonl = open(out / "metrics.jsonl", "a")
+
+    def _warn(self, message, category, filename, lineno, file=None, line=None):
+        self.bar.write(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"), file=self.stream)
 
     @property
     def main(self) -> bool:
@@ -132,6 +139,7 @@ class RunLogger:
 
     def close(self) -> None:
         if self.bar is not None:
+            warnings.showwarning = self._showwarning
             self.bar.close()
         if self.tb is not None:
             self.tb.close()

@@ -54,11 +54,15 @@ def test_on_a_terminal_messages_go_through_the_bar(tmp_path, monkeypatch):
     log.advance(20, VALUES)
     log.print("resumed from step 40 (epoch 2.00)")
     log.eval_line(msgs[1])
+    import warnings
+    warnings.warn("skipping unreadable image x.jpg")
     log.close()
+    assert warnings.showwarning is not log._warn  # restored
     # What a terminal shows of each physical line is what follows its last carriage return.
     shown = [line.rsplit("\r", 1)[-1] for line in tty.getvalue().split("\n")]
     for m in msgs + ["resumed from step 40 (epoch 2.00)"]:
         assert m in shown, (m, tty.getvalue())
+    assert any(l.endswith("UserWarning: skipping unreadable image x.jpg") for l in shown), tty.getvalue()
     assert "\r" in tty.getvalue()  # the bar itself redraws in place
 
 
