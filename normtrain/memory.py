@@ -4,7 +4,8 @@ A run whose step cannot fit would otherwise be killed by the kernel's OOM killer
 with no message (CPU), or fail deep inside the first backward (GPU). The estimate
 is a lower bound of what a step keeps alive at its peak:
 
-- parameters x 3 (weights, gradients, SGD momentum), float32;
+- parameters x 2 (weights and SGD momentum, float32: gradients are freed between
+  steps and grow while the activations are being freed, so they are not added);
 - activations: the network is built on PyTorch's ``meta`` device (shapes only, no
   memory) and one forward of a per-process micro-batch is traced with hooks that
   add up every module's output, the tensors autograd keeps for backward. Outputs
@@ -35,7 +36,7 @@ GIB = 1024 ** 3
 @dataclass
 class Estimate:
     activations: int      # bytes
-    parameters: int       # bytes: weights + gradients + momentum
+    parameters: int       # bytes: weights + momentum
 
     @property
     def total(self) -> int:
@@ -96,7 +97,7 @@ def estimate(recipe, in_shape, num_classes: int, micro_batch: int) -> Estimate |
     except Exception:  # noqa: BLE001 - a layer that needs real data (or .item()) on meta: no estimate
         return None
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Estimate(activations=acts, parameters=3 * params)
+    return Estimate(activations=acts, parameters=2 * params)
 
 
 def _read_int(path: str) -> int | None:
@@ -149,7 +150,7 @@ def check(recipe, device: torch.device, in_shape, num_classes: int, micro_batch:
     shape = "x".join(map(str, in_shape))
     raise UsageError(
         f"one training step needs at least {gib(est.total)} (activations {gib(est.activations)} for "
-        f"{micro_batch} samples of {shape} per process, parameters with gradients and momentum "
+        f"{micro_batch} samples of {shape} per process, weights and momentum "
         f"{gib(est.parameters)}) but {gib(free)} is available on {device.type}; lower data.batch_size "
         f"(or raise train.accum_steps), or the input size (data.image_size, data.synthetic_shape); "
         f"train.memory_check=false runs it anyway")

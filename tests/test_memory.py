@@ -53,7 +53,7 @@ def test_estimate_of_the_default_mlp_is_exact():
     est = memory.estimate(r, (1, 8, 8), 10, 64)
     assert est.activations == 64 * (64 + 512 * 2 + 300 * 2 + 10) * 4
     params = 64 * 512 + 2 * 512 + 512 * 300 + 2 * 300 + (300 * 10 + 10)
-    assert est.parameters == 3 * 4 * params
+    assert est.parameters == 2 * 4 * params  # weights and momentum
 
 
 def test_check_refuses_what_cannot_fit(monkeypatch):
