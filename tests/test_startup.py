@@ -95,3 +95,61 @@ def test_light_scenario_params_equal_the_real_ones():
         assert dataclasses.asdict(light()) == dataclasses.asdict(real()), name
         assert config.dataclass_docs(light) == config.dataclass_docs(real), name
         assert scenarios.light(name).USES_DATA == scenarios.SCENARIOS[name].USES_DATA
+
+
+SOURCE = '''"""A module that needs torch for some of its definitions."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+K = math.sqrt(4)
+
+
+class Net(nn.Module):
+    pass
+
+
+@dataclass
+class Params:
+    n: int = 2
+    """How many."""
+    xs: list = field(default_factory=lambda: [K])
+    """Values."""
+
+    def check(self):
+        if self.n < 0:
+            raise UsageError("n must be >= 0")
+
+
+def uses_torch():
+    return torch.zeros(1)
+'''
+
+
+def test_light_stand_in_keeps_what_needs_no_torch(tmp_path, monkeypatch):
+    from normtrain import config, static
+    src = tmp_path / "fake_heavy.py"
+    src.write_text(SOURCE)
+    real = static.path_of
+    monkeypatch.setattr(static, "path_of", lambda m: src if m == "normtrain.fake_heavy" else real(m))
+    assert not static.is_light("normtrain.fake_heavy")
+    mod = static.light("normtrain.fake_heavy")
+    try:
+        assert mod.__doc__.startswith("A module that needs torch") and mod.K == 2.0
+        assert not hasattr(mod, "Net") and not hasattr(mod, "torch")  # needs torch: left out
+        p = mod.Params()
+        assert p.xs == [2.0] and config.dataclass_docs(mod.Params) == {"n": "How many.", "xs": "Values."}
+        assert config.apply_overrides(mod.Params(), [("n", 3)]).n == 3
+        with pytest.raises(config.UsageError, match="n must be >= 0"):
+            config.apply_overrides(mod.Params(), [("n", -1)])
+        with pytest.raises(NameError):
+            mod.uses_torch()  # defined, but fails only if called
+        assert "normtrain.fake_heavy" not in sys.modules  # the real name is never taken
+    finally:
+        sys.modules.pop(static.PREFIX + "normtrain.fake_heavy", None)
