@@ -32,5 +32,5 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "test": ["pytest>=8", "pytest-timeout", "nvidia-dali-cuda130"],
     },
-    entry_points={"console_scripts": ["normtrain=normtrain.cli:main"]},
+    entry_points={"console_scripts": ["normtrain=normtrain.__main__:run"]},
 )

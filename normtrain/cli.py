@@ -18,12 +18,13 @@ import os
 import sys
 from pathlib import Path
 
-from . import config
+from . import batching, config
 from .preflight import validate
-from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from .errors import (EXIT_DIVERGED, EXIT_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER, EnvError,
+                     UsageError, WorkerError)
 
 DEFAULT_RECIPE = "digits-mlp"
-STATUS_EXIT = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
+STATUS_EXIT = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED, "failed": EXIT_ENV}
 
 EPILOG = """\
 examples:
@@ -35,8 +36,10 @@ examples:
   normtrain scenario linear50-wn
   normtrain runs runs/ --csv > runs.csv
 
-exit codes: 0 completed, 2 bad input (nothing written), 3 diverged (see results.json),
-            4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume)
+exit codes: 0 completed (or already complete), 2 bad input (nothing written), 3 diverged (see results.json),
+            4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume),
+            5 environment: disk full, unwritable folder, unreadable data met mid-run (checkpoints kept),
+            6 a worker died or stopped answering (checkpoints kept; rerun to resume)
 """
 
 
@@ -67,6 +70,9 @@ def train_parser() -> argparse.ArgumentParser:
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_recipe_args(p)
     p.add_argument("--resume", help="auto (default: continue <out>/checkpoints/last.pt), never, or a checkpoint path")
+    p.add_argument("--resume-changed", metavar="refuse|allow|KEYS",
+                   help="what a resume may change in the experiment: refuse (default: stop with a diff), allow, "
+                        "or a comma list of keys; shorthand for --set run.resume_changed=")
     g = p.add_argument_group("distributed (torchrun options)")
     g.add_argument("--nproc-per-node", default="1", metavar="N|auto", help="processes on this node: N or auto (= visible GPUs)")
     g.add_argument("--nnodes", default="1", metavar="N|MIN:MAX", help="number of nodes, or MIN:MAX for elastic")
@@ -80,7 +86,8 @@ def train_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args, extra: list[tuple[str, object]] = ()) -> config.Recipe:
     overrides = [config.parse_set(s) for s in args.sets]
     for key, value in (("norm.name", args.norm), ("data.source", args.data), ("run.out", args.out),
-                       ("run.resume", getattr(args, "resume", None))):
+                       ("run.resume", getattr(args, "resume", None)),
+                       ("run.resume_changed", getattr(args, "resume_changed", None))):
         if value is not None:
             overrides.append((key, value))
     overrides += list(extra)
@@ -100,10 +107,10 @@ def cmd_train(argv: list[str]) -> int:
                          f"already one worker: drop --nproc-per-node/--nnodes, or start one task per node "
                          f"(srun --ntasks-per-node=1) to have normtrain start the workers")
     if (nproc > 1 or multi_node) and not dist.torchrun_env():
-        world = nproc * int(args.nnodes.split(":")[-1])
-        if recipe.data.batch_size % (world * recipe.train.accum_steps):
-            raise UsageError(f"data.batch_size {recipe.data.batch_size} is not divisible by processes ({world}) "
-                             f"x train.accum_steps ({recipe.train.accum_steps})")
+        batching.for_recipe(recipe, nproc * int(args.nnodes.split(":")[-1]))  # bad split: one line, before launch
+        from . import signals
+        if signals.take():  # SIGTERM while starting: no worker was started
+            return EXIT_INTERRUPTED
         return _launch(argv, args, nproc, recipe)
     from .engine import train
     res = train(recipe)
@@ -130,16 +137,44 @@ def _launch(argv, args, nproc, recipe) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     try:
+        from torch.distributed.elastic.rendezvous.api import RendezvousError
+        rendezvous_errors = (RendezvousError,)
+    except ImportError:  # pragma: no cover - older layouts
+        rendezvous_errors = ()
+
+    from .rundir import LOCK_ENV, RunDir
+    # One writer per run folder: this launcher holds the lock for its workers (on node 0; the
+    # other nodes' rank-0 is on node 0 too, and a per-node folder is never written by them).
+    folder = RunDir(Path(recipe.run.out)) if args.node_rank == 0 else None
+    if folder is not None:
+        folder.acquire()
+        os.environ[LOCK_ENV] = str(folder.out.resolve())
+    try:
         dist.launch(worker_argv, nproc, args.nnodes, args.node_rank, args.rdzv_endpoint, args.max_restarts,
                     args.rdzv_id)
     except SignalException as e:
         # The agent forwarded SIGTERM/SIGINT to the workers, which finished their step and saved.
         print(f"normtrain: interrupted by signal {e.sigval}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except rendezvous_errors as e:
+        raise WorkerError(f"the workers could not meet at the rendezvous ({args.rdzv_endpoint or 'local'}): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except ChildFailedError as e:
-        codes = sorted({f.exitcode for f in e.failures.values()})
-        print(f"normtrain: worker(s) failed with exit code(s) {codes}; see the messages above", file=sys.stderr)
-        return EXIT_USAGE if codes == [EXIT_USAGE] else 1
+        what, codes = dist.describe_failures(e.failures)
+        for code in (EXIT_USAGE, EXIT_ENV, EXIT_WORKER, EXIT_INTERRUPTED):
+            if code in codes:
+                break
+        else:
+            code = EXIT_WORKER  # killed by a signal or an unexpected error
+        if code == EXIT_USAGE and folder is not None:
+            folder.release(discard=True)  # bad input: the workers wrote nothing; leave nothing either
+        if code != EXIT_USAGE:  # a usage error was printed by rank 0 as its one line
+            print(f"normtrain: error: {what}; see the messages above. The last checkpoint is kept: rerun the "
+                  f"same command to resume.", file=sys.stderr)
+        return code
+    finally:
+        if folder is not None:
+            folder.release()
     results = Path(recipe.run.out) / "results.json"
     if results.is_file():
         return STATUS_EXIT.get(json.loads(results.read_text()).get("status"), 1)
@@ -210,15 +245,26 @@ COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "run
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from . import signals
     try:
         if argv and argv[0] in COMMANDS:
+            if argv[0] != "sweep":  # sweep trains through the engine, which handles signals itself
+                if signals.take():
+                    return EXIT_INTERRUPTED
+                signals.raise_on_signals()
             return COMMANDS[argv[0]](argv[1:])
         if argv and argv[0] == "train":
             argv = argv[1:]
         return cmd_train(argv)
-    except UsageError as e:
-        print(f"normtrain: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UsageError, EnvError, WorkerError) as e:
+        code = EXIT_USAGE if isinstance(e, UsageError) else EXIT_ENV if isinstance(e, EnvError) else EXIT_WORKER
+        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+        # Bad input is the same on every rank: rank 0 alone says it. What the environment did to
+        # one rank is said by that rank.
+        if not getattr(e, "echo", False) and (rank == "0" or code != EXIT_USAGE):
+            where = f"rank {rank}: " if code != EXIT_USAGE and world != "1" else ""
+            print(f"normtrain: error: {where}{e}", file=sys.stderr, flush=True)
+        return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `normtrain list keys | head`: the reader has all it wanted

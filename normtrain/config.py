@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -47,9 +48,15 @@ class RunConfig:
     """'auto' (GPU if present), 'cpu' or 'cuda'."""
     resume: str = "auto"
     """'auto': continue from <out>/checkpoints/last.pt if present; 'never': start fresh (refuses a run directory that already holds a run); or a checkpoint path."""
+    resume_changed: str = "refuse"
+    """What a resume may change in the experiment: 'refuse' (any change to model, norm, data, batch, seed, schedule, optimizer or process count stops with a diff), 'allow' (continue with the new values, recorded), or a comma list of the keys allowed to change."""
+    collective_timeout: float = 600.0
+    """Seconds a collective may wait for a rank (and a rank may go without a heartbeat) before the run stops, naming the rank that did not answer. Must cover the slowest first batch and checkpoint save."""
 
     def check(self):
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _range("seed", self.seed, 0, 2 ** 31 - 1)
+        _range("collective_timeout", self.collective_timeout, 5.0, 86400.0)
 
 
 @dataclass
@@ -65,6 +72,7 @@ class ModelConfig:
 
     def check(self):
         _range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _check_options(self.options)
 
 
 @dataclass
@@ -119,20 +127,22 @@ class DataConfig:
     """Synthetic backend: number of classes; 0 = num_classes, or the recipe's own data's."""
 
     def check(self):
-        _range("batch_size", self.batch_size, 1)
+        _range("batch_size", self.batch_size, 1, MAX_BATCH)
         _choice("augment", self.augment, AUGMENTS)
         _choice("normalize", self.normalize, ("auto", "per-pixel", "per-channel", "imagenet", "minus-one-one", "none"))
-        _range("eval_batch_size", self.eval_batch_size, 0)
-        _range("num_classes", self.num_classes, 0)
-        _range("image_size", self.image_size, 0)
-        _range("cutout", self.cutout, 0)
+        _range("eval_batch_size", self.eval_batch_size, 0, MAX_BATCH)
+        _range("num_classes", self.num_classes, 0, 1_000_000)
+        _range("image_size", self.image_size, 0, MAX_IMAGE)
+        _range("cutout", self.cutout, 0, MAX_IMAGE)
         _choice("pad_mode", self.pad_mode, ("reflect", "zero"))
         _range("val_split", self.val_split, 0)
-        _range("workers", self.workers, 0)
-        _range("synthetic_samples", self.synthetic_samples, 1)
-        _range("synthetic_classes", self.synthetic_classes, 0)
-        if any((not isinstance(s, int)) or s < 1 for s in self.synthetic_shape):
-            raise ValueError("synthetic_shape: expected a list of positive integers")
+        _range("workers", self.workers, 0, 256)
+        _range("synthetic_samples", self.synthetic_samples, 1, 100_000_000)
+        _range("synthetic_classes", self.synthetic_classes, 0, 1_000_000)
+        if len(self.synthetic_shape) > 3 or any(
+                isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_IMAGE for s in self.synthetic_shape):
+            raise ValueError(f"synthetic_shape: {self.synthetic_shape!r} is not [] (the recipe's own data's shape) "
+                             f"or a list of 1 to 3 integers in [1, {MAX_IMAGE}]")
 
 
 @dataclass
@@ -194,8 +204,9 @@ class ScheduleConfig:
         _range("pct_start", self.pct_start, 0.0, 0.5, lo_open=True)
         if self.name == "onecycle" and self.max_lr <= 0:
             raise ValueError("max_lr: onecycle needs max_lr > 0")
-        if any(not isinstance(m, (int, float)) or m < 0 for m in self.milestones):
-            raise ValueError("milestones: expected a list of non-negative epochs")
+        if any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= MAX_EPOCHS
+               for m in self.milestones):
+            raise ValueError(f"milestones: expected a list of epochs in [0, {MAX_EPOCHS}]")
 
 
 @dataclass
@@ -205,13 +216,23 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps (0 = no limit); the schedule still spans `epochs`."""
     accum_steps: int = 1
-    """Gradient accumulation steps per optimizer step (the WS paper's 'iteration size')."""
-    amp: str = "off"
-    """Mixed precision: off, bf16, or fp16 (with a dynamic grad scaler)."""
-    channels_last: bool = False
-    """Use channels_last memory format for 4-d activations and weights."""
+    """Gradient accumulation steps per optimizer step (the WS paper's 'iteration size'); 0 = derived from micro_batch: data.batch_size / (processes x micro_batch)."""
+    micro_batch: int = 0
+    """Images per process per micro-batch (the WS paper's '1 image per GPU'); 0 = data.batch_size / (processes x accum_steps)."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16 on CUDA, off on CPU), off, bf16, or fp16 (with a dynamic grad scaler)."""
+    channels_last: Optional[bool] = None
+    """channels_last memory format for 4-d activations and weights: true, false, or auto (null: on CUDA when the method's kernels support it; GroupNorm-family methods stay NCHW)."""
     compile: bool = False
     """Compile the model with torch.compile."""
+    cudnn_benchmark: bool = True
+    """CUDA: let cuDNN pick the fastest convolution algorithms (torch.backends.cudnn.benchmark)."""
+    tf32: bool = True
+    """CUDA: allow TensorFloat-32 in fp32 matmuls and convolutions (torch.set_float32_matmul_precision('high'))."""
+    broadcast_buffers: bool = True
+    """DDP: copy rank 0's buffers (BN running statistics) to every rank at each forward, as DDP does by default. false keeps each process's own running statistics (averaged over ranks before evaluation and checkpoints, as timm's --dist-bn reduce)."""
+    static_graph: Optional[bool] = None
+    """DDP static_graph: true, false or auto (null: on when accum_steps is 1 and the model is not compiled; DDP's static graph mis-handles no_sync accumulation, pytorch#187732)."""
     eval_every_steps: int = 0
     """Also evaluate every N optimizer steps (0 = only at the end of each epoch)."""
     eval_every_epochs: int = 1
@@ -226,15 +247,21 @@ class TrainConfig:
     """Before building the model, refuse (exit 2) a run whose training step clearly cannot fit in the memory available (a lower-bound estimate, normtrain/memory.py)."""
 
     def check(self):
-        _range("epochs", self.epochs, 0.0, lo_open=True)
+        _range("epochs", self.epochs, 0.0, MAX_EPOCHS, lo_open=True)
         _range("max_steps", self.max_steps, 0)
-        _range("accum_steps", self.accum_steps, 1)
-        _choice("amp", self.amp, ("off", "bf16", "fp16"))
+        _range("accum_steps", self.accum_steps, 0, MAX_BATCH)
+        _range("micro_batch", self.micro_batch, 0, MAX_BATCH)
+        if self.accum_steps == 0 and self.micro_batch == 0:
+            raise ValueError("accum_steps: 0 (derived) needs micro_batch > 0, the images per process per micro-batch")
+        _choice("amp", self.amp, ("auto", "off", "bf16", "fp16"))
         _range("eval_every_steps", self.eval_every_steps, 0)
         _range("eval_every_epochs", self.eval_every_epochs, 1)
         _range("grad_clip", self.grad_clip, 0.0)
         _range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         _range("checkpoint_every_steps", self.checkpoint_every_steps, 0)
+        if self.static_graph and self.accum_steps != 1:
+            raise ValueError("static_graph: DDP's static graph mis-handles gradient accumulation with no_sync "
+                             "(pytorch#187732); use it with accum_steps 1 or leave it auto")
 
 
 @dataclass
@@ -312,6 +339,32 @@ def _choice(key, value, choices):
         raise ValueError(f"{key}: '{value}' is not one of: {', '.join(choices)}")
 
 
+#: Upper bounds of sizes: far above any real setting, low enough to fail here rather than in an allocation.
+MAX_BATCH = 1 << 20
+MAX_IMAGE = 8192
+MAX_EPOCHS = 100_000
+
+
+def _check_options(options: dict) -> None:
+    """model.options values: numbers must be finite and sizes positive (the builder checks names)."""
+    def walk(key, v):
+        if isinstance(v, bool):
+            return
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"options.{key}: {v} is not a finite number")
+        if isinstance(v, int) and v <= 0 and key in ("widths", "depth", "width", "groups"):
+            raise ValueError(f"options.{key}: sizes must be positive integers, got {v}")
+        if isinstance(v, int) and abs(v) > 1 << 24:
+            raise ValueError(f"options.{key}: {v} is out of range")
+        if isinstance(v, list):
+            if not v and key == "widths":
+                raise ValueError("options.widths: must not be empty")
+            for item in v:
+                walk(key, item)
+    for k, v in options.items():
+        walk(k, v)
+
+
 def _range(key, value, lo=None, hi=None, lo_open=False, hi_open=False):
     bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
           (hi is not None and (value > hi or (hi_open and value == hi)))
@@ -327,16 +380,24 @@ _SCI = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 def _coerce(value: Any, typ, where: str):
     """Return `value` as `typ` or raise UsageError; ints widen to floats, nothing else is converted."""
     origin = typing.get_origin(typ) or typ
+    if origin is typing.Union and type(None) in typing.get_args(typ):
+        # Optional[X]: null or 'auto' mean "decide at run time" (written back as null).
+        if value is None or value == "auto":
+            return None
+        inner = next(t for t in typing.get_args(typ) if t is not type(None))
+        return _coerce(value, inner, where)
     if typ is float:
         if isinstance(value, str) and _SCI.match(value.strip()):
             # PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string; accept it as the number it is.
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UsageError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2 ** 53:
                 return int(value)
             raise UsageError(f"{where}: expected an integer, got {value!r}")
         return value
@@ -553,6 +614,14 @@ def field_docs() -> list[tuple[str, str, Any, str]]:
         docs = dataclass_docs(cls)
         obj = cls()
         for f in dataclasses.fields(cls):
-            rows.append((f"{section}.{f.name}", getattr(_hints(cls)[f.name], "__name__", str(_hints(cls)[f.name])),
-                         getattr(obj, f.name), docs.get(f.name, "")))
+            rows.append((f"{section}.{f.name}", type_name(_hints(cls)[f.name]), getattr(obj, f.name),
+                         docs.get(f.name, "")))
     return rows
+
+
+def type_name(typ) -> str:
+    """'float', 'list', or 'bool|auto' for an Optional field (null/auto = decided at run time)."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) is typing.Union and type(None) in args:
+        return "|".join(t.__name__ for t in args if t is not type(None)) + "|auto"
+    return getattr(typ, "__name__", str(typ))

@@ -6,17 +6,27 @@
   NCCL on GPU, gloo on CPU. Its rank and rendezvous come from torchrun's variables
   (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or, for a task started
   by Slurm's ``srun``, from Slurm's (`slurm_env`); with neither it is a world of one;
-- small collectives the engine needs (`all_sum`, `any_true`, `barrier`) and DDP wrapping.
+- small collectives the engine needs (`all_sum`, `any_true`, `broadcast_object`,
+  `average_buffers`) and DDP wrapping with the reference settings;
+- `Supervisor`: heartbeats through the rendezvous store, so that a rank that is
+  stopped, hung or dead is named within ``run.collective_timeout`` instead of
+  hanging the job, and workers stop when their launcher dies.
 Rank 0 alone prints, logs and writes (`Dist.main`).
 """
 from __future__ import annotations
 
+import inspect
 import itertools
+import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +34,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import UsageError
+from .errors import EXIT_WORKER, UsageError
 
 #: Set by `launch` in its workers: their exit code is then read from results.json
 #: by the launcher rather than from each worker (so a diverged run is not "restarted").
@@ -136,8 +146,10 @@ def pick_device(pref: str) -> str:
     return "cuda" if visible_gpus() else "cpu"
 
 
-def setup(device_pref: str = "auto") -> Dist:
-    """Join the process group if torchrun variables are present; pick this rank's device."""
+def setup(device_pref: str = "auto", timeout_s: float = 1800.0) -> Dist:
+    """Join the process group if torchrun's (or srun's, `slurm_env`) variables are present; pick this rank's device.
+
+    `timeout_s` bounds every collective (run.collective_timeout)."""
     kind = pick_device(device_pref)
     slurm = slurm_env()
     if slurm is not None:
@@ -163,7 +175,7 @@ def setup(device_pref: str = "auto") -> Dist:
                               wait_for_workers=False)
         store = dist.PrefixStore(f"normtrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         dist.init_process_group("nccl" if kind == "cuda" else "gloo", store=store, rank=rank, world_size=world,
-                                timeout=timedelta(minutes=30))
+                                timeout=timedelta(seconds=timeout_s))
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
@@ -179,12 +191,44 @@ def teardown(clean: bool = True) -> None:
             dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
-    """DDP-wrap for a multi-process run; DDP broadcasts rank 0's weights at construction."""
+def wrap(model: torch.nn.Module, d: Dist, broadcast_buffers: bool = True, static_graph: bool = False) -> torch.nn.Module:
+    """DDP-wrap for a multi-process run; DDP broadcasts rank 0's weights at construction.
+
+    ``gradient_as_bucket_view``: gradients are views into the all-reduce buckets, which
+    saves one gradient-sized copy and its memory (DeepLearningExamples' ResNet-50 and
+    timm turn it on; the engine zeroes grads with set_to_none, which it supports).
+    ``broadcast_buffers`` as timm's ``--no-ddp-bb`` switch; ``static_graph`` only where
+    the engine knows it is valid (no accumulation, see config.TrainConfig.static_graph).
+    """
     if not d.active:
         return model
     ids = [d.device.index] if d.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renames broadcast_buffers to forward_sync_buffers (the same meaning for what we
+    # need: rank 0's buffers at construction, then per-forward syncing on or off).
+    sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+            else "broadcast_buffers": broadcast_buffers}
+    return ddp(model, device_ids=ids, gradient_as_bucket_view=True, static_graph=static_graph, **sync)
+
+
+def average_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Average floating-point buffers (BN running statistics) over ranks, as timm's distribute_bn 'reduce'."""
+    if not d.active:
+        return
+    with torch.no_grad():
+        for b in module.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b, op=dist.ReduceOp.SUM)
+                b.div_(d.world)
+
+
+def broadcast_object(obj, d: Dist):
+    """Rank 0's `obj` on every rank (a collective: call it on all ranks)."""
+    if not d.active:
+        return obj
+    box = [obj if d.main else None]
+    dist.broadcast_object_list(box, src=0, device=d.device if d.device.type == "cuda" else None)
+    return box[0]
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -200,6 +244,24 @@ def any_true(flags: torch.Tensor) -> torch.Tensor:
         flags = flags.float()
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return flags > 0
+
+
+class _Flags:
+    """An all-reduce in flight; `result()` waits for it (the only host-device sync)."""
+
+    def __init__(self, flags: torch.Tensor, work):
+        self.flags, self.work = flags, work
+
+    def result(self) -> list[bool]:
+        if self.work is not None:
+            self.work.wait()
+        return [v > 0 for v in self.flags.tolist()]
+
+
+def any_true_async(flags: torch.Tensor) -> _Flags:
+    """Start the element-wise OR of a float flag vector over ranks without waiting for it."""
+    work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, async_op=True) if dist.is_initialized() else None
+    return _Flags(flags, work)
 
 
 def gather_objects(obj, d: Dist) -> list:
@@ -252,6 +314,9 @@ def launch(argv: list[str], nproc: int, nnodes: str = "1", node_rank: int = 0, r
     )
     os.environ[LAUNCHED_ENV] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # The agent's own log lines ("failed (exitcode: 2) local_rank: 0 ...", "Sending process ... SIGTERM")
+    # repeat what the workers and the launcher already say in one line each.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     elastic_launch(config, entrypoint=sys.executable)("-m", "normtrain", *argv)
 
 
@@ -262,3 +327,105 @@ def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src=0)
+
+
+# -- supervision -------------------------------------------------------------------------
+
+class Supervisor:
+    """Heartbeats of every rank through the rendezvous store, watched from a daemon thread.
+
+    - Every rank bumps a counter ``hb/<rank>`` each ``interval`` seconds. Rank 0
+      watches all others and rank 1 watches rank 0; a counter that has not moved
+      for ``timeout`` seconds (local clock, so clock skew between nodes does not
+      matter) means a rank that is stopped (SIGSTOP), hung in the kernel or dead:
+      the watcher prints one line naming it and exits the process with
+      EXIT_WORKER, so the launcher tears the job down instead of waiting in a
+      collective. The main thread's long waits (first DALI batch, checkpoint
+      save) do not stop the heartbeat, which runs in its own thread.
+    - A worker whose parent (the launcher or torchrun agent) is gone sends itself
+      SIGTERM: it finishes its step, saves and exits like an interrupted run.
+
+    The heartbeat store is a separate client connection with a short timeout; if
+    the store itself stops answering (its host is stopped) that is reported too.
+    """
+
+    def __init__(self, d: Dist, timeout: float, interval: float | None = None):
+        self.d, self.timeout = d, float(timeout)
+        self.interval = interval or max(0.5, min(5.0, self.timeout / 6))
+        self.ppid = os.getppid()
+        self._stop = threading.Event()
+        self._thread = None
+        self.store = None
+
+    def start(self) -> "Supervisor":
+        if self.d.active and "MASTER_ADDR" in os.environ:
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                  timeout=timedelta(seconds=max(self.timeout, 10.0)), wait_for_workers=False)
+            self.store = dist.PrefixStore(f"normtrain-hb/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            self.store.set(f"who/{self.d.rank}", f"pid {os.getpid()} on {socket.gethostname()}")
+        if self.store is not None or os.environ.get(LAUNCHED_ENV) or "TORCHELASTIC_RUN_ID" in os.environ:
+            self._thread = threading.Thread(target=self._run, name="normtrain-supervisor", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def watched(self) -> list[int]:
+        if not self.d.active:
+            return []
+        if self.d.rank == 0:
+            return list(range(1, self.d.world))
+        return [0] if self.d.rank == 1 else []
+
+    def _run(self) -> None:
+        beat, seen = 0, {}
+        parent_gone = False
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            if not parent_gone and os.getppid() != self.ppid:
+                parent_gone = True
+                print(f"normtrain: rank {self.d.rank}: the launcher (pid {self.ppid}) is gone; saving and stopping",
+                      file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            if self.store is None or parent_gone:
+                continue  # the launcher hosted the store: let the ranks finish their step and save
+            try:
+                beat += 1
+                self.store.set(f"hb/{self.d.rank}", str(beat))
+                for r in self.watched():
+                    value = self.store.get(f"hb/{r}") if self.store.check([f"hb/{r}"]) else b""
+                    last = seen.get(r)
+                    if last is None or last[0] != value:
+                        seen[r] = (value, now)
+                    elif now - last[1] > self.timeout:
+                        self._fail(f"rank {r} ({self._who(r)}) has not answered for {now - last[1]:.0f} s "
+                                   f"(stopped, hung or dead; run.collective_timeout = {self.timeout:g} s)")
+            except Exception as e:  # noqa: BLE001 - the store's host stopped answering
+                if self._stop.is_set() or os.getppid() != self.ppid:
+                    continue  # stopping, or the launcher (the store's host) is gone: handled above
+                self._fail(f"the rendezvous store at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                           f"stopped answering ({type(e).__name__}); its host (rank 0 or the launcher) is stopped or dead")
+
+    def _who(self, r: int) -> str:
+        try:
+            return self.store.get(f"who/{r}").decode()
+        except Exception:  # noqa: BLE001
+            return "unknown pid"
+
+    def _fail(self, what: str) -> None:
+        print(f"normtrain: error: {what}; stopping the run. The last checkpoint is kept: rerun the same command "
+              "to resume.", file=sys.stderr, flush=True)
+        os._exit(EXIT_WORKER)
+
+
+def describe_failures(failures: dict) -> tuple[str, list[int]]:
+    """One line naming each failed rank and how it ended, and the exit codes (from torch's ChildFailedError)."""
+    parts, codes = [], []
+    for rank, f in sorted(failures.items()):
+        if f.exitcode < 0:
+            parts.append(f"rank {rank} (pid {f.pid}) was killed by signal {f.signal_name()}")
+        else:
+            parts.append(f"rank {rank} (pid {f.pid}) exited with code {f.exitcode}")
+        codes.append(f.exitcode)
+    return "; ".join(parts), codes

@@ -1,15 +1,20 @@
 """The training loop: a flat loop split into a few functions (torchtitan/nanoGPT style).
 
     train(recipe) -> results dict
-      setup_data     loaders for this process, batch arithmetic, class count checks
+      open_run       rank 0 locks the run folder and decides fresh / resume / already done
+                     (rundir.RunDir); every rank gets the same decision
+      setup_data     loaders for this process, batch arithmetic (batching.plan), class count checks
       setup_model    network through the normalization bundle, AMP/channels_last/compile, DDP
       setup_optim    SGD with optional no-decay group, grad scaler
-      restore        resume from <out>/checkpoints/last.pt (or a given file)
+      restore        resume from the decided checkpoint (state sent by rank 0 where needed)
       loop           forward/backward with accumulation, lr from schedule.lr_at, divergence
-                     and signal checks agreed across ranks, logging, evaluation, checkpoints
+                     and signal checks agreed across ranks (read one step late: no host-device
+                     sync on the step's path), logging, evaluation, checkpoints
 
-Statuses: completed, diverged (non-finite loss; the last good checkpoint is kept),
-interrupted (SIGTERM/SIGINT: the current step finishes, `last` is saved).
+Statuses: completed, diverged (non-finite loss or weights; the last good checkpoint
+is kept), interrupted (SIGTERM/SIGINT: the current step finishes, `last` is saved).
+On CUDA the defaults are the fast path (bf16 autocast, channels_last where the
+method's kernels support it, cudnn.benchmark, TF32): see `runtime`.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import math
 import platform
 import signal
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, config, data, dist, memory, models, norms
-from .errors import UsageError
+from . import batching, checkpoint, config, data, dist, memory, models, norms
+from .errors import EnvError, UsageError
 from .logger import RunLogger, duration
+from .rundir import Decision, RunDir
 from .schedule import lr_at
 from .version import __version__
 
@@ -44,10 +51,13 @@ class Run:
     recipe: config.Recipe
     d: dist.Dist
     out: Path
+    plan: batching.BatchPlan
     train_loader: data.Loader
     val_loader: data.Loader
     steps_per_epoch: int
     total_steps: int
+    amp: str = "off"                   # resolved train.amp: off | bf16 | fp16
+    channels_last: bool = False        # resolved train.channels_last
     model: torch.nn.Module = None      # what we call (DDP and/or compiled)
     raw: torch.nn.Module = None        # the bare nn.Module (state_dict, hooks)
     optimizer: torch.optim.Optimizer = None
@@ -60,46 +70,113 @@ class Run:
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0})
     step_times: list = field(default_factory=list)  # seconds per optimizer step (this process's lifetime)
     pending_init: bool = True          # a layer may still want its data-dependent init (checked once)
+    changes: list = field(default_factory=list)  # recipe changes accepted at resume (run.resume_changed)
 
 
-def setup_data(recipe: config.Recipe, d: dist.Dist):
-    cfg, accum = recipe.data, recipe.train.accum_steps
-    if cfg.batch_size % (d.world * accum):
-        raise UsageError(f"data.batch_size {cfg.batch_size} is not divisible by processes ({d.world}) "
-                         f"x train.accum_steps ({accum})")
-    micro = cfg.batch_size // (d.world * accum)
+def runtime(recipe: config.Recipe, device: torch.device, bundle) -> tuple[str, bool]:
+    """Resolve the 'auto' speed settings for `device` and set the CUDA backend switches.
+
+    CUDA defaults follow DeepLearningExamples' ResNet-50 and timm: bf16 autocast (keeps
+    every method's definition: BN/GN statistics stay fp32 inside their kernels, the
+    weight reparametrisations run on the fp32 parameters), channels_last unless the
+    method's kernels are NCHW-only (`Normalizer.channels_last_ok`; compiled models
+    get it anyway), ``cudnn.benchmark`` and TF32 matmuls. Each is a recipe key.
+    """
+    t = recipe.train
+    cuda = device.type == "cuda"
+    amp = ("bf16" if cuda else "off") if t.amp == "auto" else t.amp
+    channels_last = (cuda and (bundle.channels_last_ok or t.compile)) if t.channels_last is None else t.channels_last
+    if cuda:
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = t.tf32
+        torch.backends.cudnn.allow_tf32 = t.tf32
+    return amp, channels_last
+
+
+def setup_data(recipe: config.Recipe, d: dist.Dist, plan: batching.BatchPlan):
+    cfg = recipe.data
     eval_micro = max((cfg.eval_batch_size or cfg.batch_size) // d.world, 1)
     seed = recipe.run.seed
-    train_loader = data.build(cfg, "train", data.DataContext(d.rank, d.world, d.device, micro, seed, True))
+    train_loader = data.build(cfg, "train", data.DataContext(d.rank, d.world, d.device, plan.micro, seed, True))
     val_loader = data.build(cfg, "val", data.DataContext(d.rank, d.world, d.device, eval_micro, seed, False))
     if cfg.num_classes and cfg.num_classes != train_loader.num_classes:
         raise UsageError(f"data.num_classes is {cfg.num_classes} but the data has {train_loader.num_classes} classes")
-    steps_per_epoch = len(train_loader) // accum
+    steps_per_epoch = len(train_loader) // plan.accum
     if steps_per_epoch == 0:
         raise UsageError(f"the training data ({train_loader.num_samples} samples) is smaller than one "
                          f"global batch (data.batch_size {cfg.batch_size})")
     return train_loader, val_loader, steps_per_epoch
 
 
-def setup_model(recipe: config.Recipe, d: dist.Dist, num_classes: int, in_shape):
+def bundle_for(recipe: config.Recipe, plan: batching.BatchPlan):
+    """The method's bundle, with GhostNorm's chunk count from the batch plan (norm.ghost_batch)."""
+    options = recipe.norm.options()
+    options["ghost_groups"] = plan.ghost_groups
+    return norms.get(recipe.norm.name, **options)
+
+
+def setup_model(recipe: config.Recipe, d: dist.Dist, num_classes: int, in_shape, bundle=None, channels_last=None):
+    """The network, the same on every rank (seeded by run.seed); then each rank gets its own RNG stream."""
     torch.manual_seed(recipe.run.seed)
-    bundle = norms.get(recipe.norm.name, **recipe.norm.options())
+    bundle = bundle if bundle is not None else norms.get(recipe.norm.name, **recipe.norm.options())
     raw = models.build(recipe.model.name, bundle, num_classes, in_shape, init=recipe.model.init,
                        dropout=recipe.model.dropout, **recipe.model.options)
     raw.to(d.device)
-    if recipe.train.channels_last:
+    if recipe.train.channels_last if channels_last is None else channels_last:
         raw.to(memory_format=torch.channels_last)
+    seed_rank(recipe.run.seed, d.rank)
     return raw
 
 
+def seed_rank(seed: int, rank: int) -> None:
+    """Distinct RNG streams per rank (dropout masks, stochastic layers), reproducible from (seed, rank)."""
+    import random
+
+    import numpy as np
+    s = int(np.random.SeedSequence([seed, rank, 0x6E74]).generate_state(1)[0])
+    torch.manual_seed(s)  # seeds every CUDA device too
+    np.random.seed(s)
+    random.seed(s)
+
+
+def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, micro: int,
+                  device: torch.device | None = None, amp: str = "off") -> None:
+    """Run the network once on the meta device (no memory, no compute): shapes it cannot take are
+    bad input, reported before anything is written (e.g. images too small for its convolutions);
+    and a step that clearly cannot fit in `device`'s memory (`memory.check`) is refused."""
+    try:
+        with torch.device("meta"):
+            net = models.build(recipe.model.name, bundle, num_classes, in_shape, init="default",
+                               dropout=recipe.model.dropout, **recipe.model.options)
+            net.train()
+            traced = max(micro, 2)
+            # The forward, counting every layer's output as it goes (activations scale with the batch).
+            acts = memory.activation_bytes(net, torch.empty((traced,) + tuple(in_shape)),
+                                           2 if amp in ("bf16", "fp16") else None) * micro // traced
+    except UsageError:
+        raise
+    except (RuntimeError, ValueError) as e:
+        if "meta" in str(e).lower():  # an op without a meta kernel: nothing learned, the real run decides
+            return
+        raise UsageError(f"model {recipe.model.name} with norm {recipe.norm.name} cannot run on "
+                         f"{micro} x {tuple(in_shape)} inputs: {str(e).splitlines()[0]}") from None
+    except NotImplementedError:
+        return
+    if device is not None:
+        params = sum(p.numel() * 4 for p in net.parameters())  # float32 master weights
+        memory.check(recipe, device, in_shape, micro, memory.Estimate(acts, 2 * params))
+
+
 def wrap_model(run: Run) -> None:
-    model = dist.wrap(run.raw, run.d)
-    if run.recipe.train.compile:
+    t = run.recipe.train
+    static = (run.plan.accum == 1 and not t.compile) if t.static_graph is None else t.static_graph
+    model = dist.wrap(run.raw, run.d, broadcast_buffers=t.broadcast_buffers, static_graph=static)
+    if t.compile:
         model = torch.compile(model)
     run.model = model
 
 
-def setup_optim(recipe: config.Recipe, raw: torch.nn.Module, device: torch.device):
+def setup_optim(recipe: config.Recipe, raw: torch.nn.Module, device: torch.device, amp: str = "off"):
     o = recipe.optim
     decay, no_decay = [], []
     for p in raw.parameters():
@@ -109,8 +186,17 @@ def setup_optim(recipe: config.Recipe, raw: torch.nn.Module, device: torch.devic
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     return opt, scaler
+
+
+def apply_optim_settings(recipe: config.Recipe, optimizer: torch.optim.Optimizer) -> None:
+    """Put the recipe's momentum / Nesterov / weight decay into a restored optimizer (a resume that
+    accepted changed optimizer settings must really use them, not the checkpoint's)."""
+    o = recipe.optim
+    for i, g in enumerate(optimizer.param_groups):
+        g["momentum"], g["nesterov"] = o.momentum, o.nesterov
+        g["weight_decay"] = o.weight_decay if i == 0 else 0.0
 
 
 # -- checkpoints -------------------------------------------------------------------
@@ -119,71 +205,96 @@ def ckpt_dir(run: Run) -> Path:
     return run.out / "checkpoints"
 
 
-def finite_weights(raw: torch.nn.Module) -> bool:
-    """True if every floating-point parameter and buffer is finite (same answer on every rank under DDP)."""
-    tensors = [t for t in list(raw.parameters()) + list(raw.buffers()) if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+def finite_weights(run: Run) -> bool:
+    """True if every floating-point parameter and buffer is finite on every rank.
+
+    A collective: per-GPU BN buffers differ between ranks, so one rank's answer alone
+    could stop it while the others wait for it in the next collective.
+    """
+    tensors = [t for t in list(run.raw.parameters()) + list(run.raw.buffers()) if t.is_floating_point()]
+    local = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors \
+        else torch.ones((), dtype=torch.bool, device=run.d.device)
+    return not bool(dist.any_true((~local).reshape(1))[0])
 
 
 def save_checkpoint(run: Run, name: str = "last") -> None:
-    """Rank 0 writes (atomically); every rank must call (loader states are gathered from all ranks).
+    """Rank 0 writes (atomically); every rank must call (loader and RNG states are gathered from all ranks).
 
     Callers check `finite_weights` first: a bad state is never saved.
     """
-    states = dist.gather_objects(run.train_loader.state_dict(), run.d)
-    # A loader with per-rank state (DALI's reader) gets every rank's back on resume.
-    loader_state = states[0] if not run.d.active else ({"per_rank": states} if any(states) else {})
+    if run.d.active and not run.recipe.train.broadcast_buffers:
+        dist.average_buffers(run.raw, run.d)  # one set of running statistics for the file (and evaluation)
+    states = dist.gather_objects({"loader": run.train_loader.state_dict(), "rng": checkpoint.rng_state()}, run.d)
     if not run.d.main:
         return
+    loaders = [s["loader"] for s in states]
+    # A loader with per-rank state (DALI's reader) gets every rank's back on resume.
+    loader_state = loaders[0] if not run.d.active else ({"per_rank": loaders} if any(loaders) else {})
     state = {
         "model": run.raw.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "step": run.step, "epoch": run.epoch, "batch": run.batch,
+        "step": run.step, "epoch": run.epoch, "batch": run.batch, "total_steps": run.total_steps,
         "best_top1": run.best_top1, "history": run.history,
-        "rng": checkpoint.rng_state(),
+        "rng": states[0]["rng"], "rng_per_rank": [s["rng"] for s in states],
         "loader": loader_state,
-        "recipe": run.recipe.to_dict(),
+        "recipe": run.recipe.to_dict(), "world": run.d.world,
         "version": __version__,
     }
     checkpoint.save(ckpt_dir(run) / f"{name}.pt", state)
 
 
-def resume_path(recipe: config.Recipe, out: Path) -> Path | None:
-    mode = recipe.run.resume
-    last = out / "checkpoints" / "last.pt"
-    if mode == "auto":
-        return last if last.is_file() else None
-    if mode == "never":
-        held = [p.name for p in (out / "checkpoints", out / "results.json", out / "metrics.jsonl") if p.exists()]
-        if held:
-            raise UsageError(f"run.resume=never but {out} already holds a run ({', '.join(held)}); "
-                             "choose another --out or --resume auto")
-        return None
-    path = Path(mode)
-    if not path.is_file():
-        raise UsageError(f"--resume: checkpoint file not found: {mode} (or use auto / never)")
-    return path
+def share_state(decision: Decision, state: dict | None, d: dist.Dist) -> dict:
+    """The checkpoint on every rank: read from the same file where a rank sees it (shared storage),
+    sent by rank 0 otherwise (per-node run folders), so that no rank starts from another step."""
+    if not d.active:
+        return state
+    if not d.main:
+        state = None
+        path = Path(decision.path)
+        if path.is_file():
+            try:
+                mine = checkpoint.load(path)
+                if mine["step"] == decision.step and mine.get("recipe") is not None:
+                    state = mine
+            except UsageError:
+                state = None
+    missing = [r for r, ok in enumerate(dist.gather_objects(state is not None, d)) if not ok]
+    if missing:
+        if d.rank in missing:
+            print(f"normtrain: rank {d.rank} cannot read {decision.path}: receiving the checkpoint from rank 0",
+                  file=sys.stderr, flush=True)
+        state = dist.broadcast_object(state if d.main else None, d)
+    return state
 
 
-def restore(run: Run, path: Path) -> None:
-    state = checkpoint.load(path)
+def restore(run: Run, state: dict, path: str) -> None:
     try:
         run.raw.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UsageError(f"checkpoint {path} does not fit this model/norm ({str(e).splitlines()[0]})") from None
-    run.optimizer.load_state_dict(state["optimizer"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"checkpoint {path}: its optimizer state does not fit this recipe's parameter groups "
+                         f"({e}); optim.no_decay_norm_bias must be the same") from None
+    apply_optim_settings(run.recipe, run.optimizer)
     run.scaler.load_state_dict(state["scaler"])
     run.step, run.epoch, run.batch = state["step"], state["epoch"], state["batch"]
     run.best_top1, run.history = state["best_top1"], state["history"]
-    run.train_loader.load_state_dict(state.get("loader", {}))
-    checkpoint.set_rng_state(state["rng"])
+    same_world = state.get("world", 1) == run.d.world
+    run.train_loader.load_state_dict(state.get("loader", {}) if same_world else {})
+    per_rank = state.get("rng_per_rank")
+    if per_rank and same_world:
+        checkpoint.set_rng_state(per_rank[run.d.rank])
+    elif not run.d.active:
+        checkpoint.set_rng_state(state["rng"])
+    # else: another process count (accepted by run.resume_changed): each rank keeps its fresh stream.
 
 
 # -- evaluation ----------------------------------------------------------------------
 
-def autocast(recipe: config.Recipe, device: torch.device):
-    amp = recipe.train.amp
+def autocast(amp: str, device: torch.device):
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -191,22 +302,28 @@ def autocast(recipe: config.Recipe, device: torch.device):
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict:
-    """Loss, top-1 and top-5 accuracy over the whole evaluation split (summed over ranks)."""
+    """Loss, top-1 and top-5 accuracy over the whole evaluation split (summed over ranks).
+
+    The sums stay on the device until the end: one host-device sync per evaluation, not per batch.
+    """
     t0 = time.perf_counter()
+    if run.d.active and not run.recipe.train.broadcast_buffers:
+        dist.average_buffers(run.raw, run.d)
     run.model.eval()
     dev = run.d.device
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1, top5, count
     k = min(5, run.val_loader.num_classes)
     for x, y in run.val_loader.epoch(0):
-        if run.recipe.train.channels_last and x.dim() == 4:
+        if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(run.recipe, dev):
+        with autocast(run.amp, dev):
             out = run.model(x)
         out = out.float()
-        topk = out.topk(k, dim=1).indices
-        hit = topk == y[:, None]
-        sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), hit[:, 0].sum().double(),
-                             hit.any(1).sum().double(), torch.tensor(len(y), dtype=torch.float64, device=dev)])
+        hit = out.topk(k, dim=1).indices == y[:, None]
+        sums[0] += F.cross_entropy(out, y, reduction="sum").double()
+        sums[1] += hit[:, 0].sum()
+        sums[2] += hit.any(1).sum()
+        sums[3] += len(y)  # a Python number: no host-to-device copy
     dist.all_sum(sums)
     loss, top1, top5, n = sums.tolist()
     run.model.train()
@@ -245,7 +362,8 @@ class StopFlag:
     """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and exits."""
 
     def __init__(self):
-        self.requested = False
+        from . import signals
+        self.requested = signals.take()  # a SIGTERM during start-up (normtrain.signals)
         self._old = {}
 
     def __enter__(self):
@@ -270,13 +388,13 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
     Returns (mean loss, correct predictions, samples seen, gradient norm or None).
     """
     r, dev = run.recipe, run.d.device
-    accum = r.train.accum_steps
+    accum = run.plan.accum
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     n = 0
     for i in range(accum):
         x, y = next(it)
-        if r.train.channels_last and x.dim() == 4:
+        if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if run.pending_init and norms.data_init(run.raw, x):
             # Data-dependent init ran on this rank's first batch: rank 0's result is the one kept.
@@ -288,7 +406,7 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
         sync = run.model.no_sync() if (run.d.active and i < accum - 1 and hasattr(run.model, "no_sync")) \
             else contextlib.nullcontext()
         with sync:
-            with autocast(r, dev):
+            with autocast(run.amp, dev):
                 out = run.model(x)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=r.train.label_smoothing)
             run.scaler.scale(loss / accum).backward()
@@ -304,13 +422,63 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
     return loss_sum / accum, correct, n, grad_norm
 
 
+class StepFlags:
+    """Each step's stop conditions (non-finite loss, a signal), agreed over ranks without stalling the GPU.
+
+    `post` launches an asynchronous MAX all-reduce of the step's flags (built on the
+    device: no host-to-device copy); `read` waits for it. The loop reads a step's
+    flags after the next step's forward and backward are queued, or at a step that
+    syncs anyway (logging, evaluation, checkpoints), so the host never waits for an
+    idle GPU. A non-finite loss is therefore seen one step late, when the
+    optimizer has already applied its gradients: the weights in memory are then
+    bad, but checkpoints are written only from weights that `finite_weights`
+    passes, so `last.pt` stays the last good state.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pending = None
+
+    def post(self, step: int, loss: torch.Tensor, signal_requested: bool) -> None:
+        flags = torch.stack([(~torch.isfinite(loss)).float(),
+                             torch.full((), float(signal_requested), device=self.device)])
+        self.pending = (step, dist.any_true_async(flags))
+
+    def read(self) -> tuple[int, bool, bool] | None:
+        """(step, loss was non-finite, a rank was signalled) of the posted step, or None."""
+        if self.pending is None:
+            return None
+        step, handle = self.pending
+        self.pending = None
+        bad, sig = handle.result()
+        return step, bad, sig
+
+
 def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
     r, d = run.recipe, run.d
-    accum = r.train.accum_steps
+    accum = run.plan.accum
     tracker = NormTracker(run.raw) if r.log.track_norms else None
     end_step = run.total_steps if not r.train.max_steps else min(run.total_steps, r.train.max_steps)
     window = {"loss": torch.zeros((), device=d.device), "correct": 0, "n": 0, "steps": 0, "time": 0.0}
-    status = "completed"
+    flags = StepFlags(d.device)
+    signalled = False
+
+    def settle() -> bool:
+        """Read the posted flags; False when the run diverged (then `mark_diverged` has recorded it)."""
+        nonlocal signalled
+        got = flags.read()
+        if got is None:
+            return True
+        step, bad, sig = got
+        signalled = signalled or sig
+        if bad:
+            # The loss of `step` was not finite: the steps done with finite losses are step - 1.
+            run.step = step
+            mark_diverged(run, log, "non-finite loss")
+            run.step = step - 1
+            return False
+        return True
+
     run.model.train()
     while run.step < end_step:
         it = iter(run.train_loader.epoch(run.epoch, start=run.batch))
@@ -325,14 +493,8 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                 g["lr"] = lr
             log_now = (run.step + 1) % r.log.every_steps == 0 or run.step + 1 == end_step
             loss, correct, n, grad_norm = train_step(run, it, tracker, log_now)
-            # One collective per step: did any rank see a non-finite loss, or get a signal?
-            flags = dist.any_true(torch.stack([~torch.isfinite(loss),
-                                               torch.tensor(stop.requested, device=d.device)])).tolist()
-            if flags[0]:
-                # Weights are still those of the last good step: nothing is stepped or saved.
-                run.step += 1
-                mark_diverged(run, log, "non-finite loss")
-                run.step -= 1
+            # The previous step's flags, now that this step's work is queued.
+            if not settle():
                 run.timings["train_s"] += time.perf_counter() - t0
                 return "diverged"
             run.scaler.step(run.optimizer)
@@ -340,6 +502,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.optimizer.zero_grad(set_to_none=True)
             run.step += 1
             run.batch += accum
+            flags.post(run.step, loss, stop.requested)
             window["loss"] += loss
             window["correct"] += correct
             window["n"] += n
@@ -347,6 +510,12 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.step_times.append(time.perf_counter() - t0)
             run.timings["train_s"] += run.step_times[-1]
             window["time"] += run.step_times[-1]
+            eval_now = bool(r.train.eval_every_steps and run.step % r.train.eval_every_steps == 0)
+            save_now = bool(r.train.checkpoint_every_steps and run.step % r.train.checkpoint_every_steps == 0)
+            if log_now or eval_now or save_now or run.step >= end_step:
+                # A step that syncs anyway: settle its own flags first.
+                if not settle():
+                    return "diverged"
             if log_now:
                 stats = torch.stack([window["loss"], torch.as_tensor(window["correct"], device=d.device).float(),
                                      torch.tensor(float(window["n"]), device=d.device)])
@@ -366,31 +535,37 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                     run.history.pop()
                 run.history.append({"step": run.step, **values})
                 window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, time=0.0)
-            if r.train.eval_every_steps and run.step % r.train.eval_every_steps == 0:
+            if eval_now:
                 record_eval(run, log)
-            if flags[1]:
-                if not checked_save(run, log):
+            if signalled:
+                if not settle() or not checked_save(run, log):
                     return "diverged"
                 log.print(f"interrupted at step {run.step}: saved {ckpt_dir(run) / 'last.pt'}")
                 return "interrupted"
-            if r.train.checkpoint_every_steps and run.step % r.train.checkpoint_every_steps == 0:
-                if not checked_save(run, log):
-                    return "diverged"
+            if save_now and not checked_save(run, log):
+                return "diverged"
+        if not settle():
+            return "diverged"
         if epoch_end or run.batch >= run.steps_per_epoch * accum:
             run.epoch += 1
             run.batch = 0
-            if not finite_weights(run.raw):
+            if not finite_weights(run):
                 return mark_diverged(run, log)
             if run.epoch % r.train.eval_every_epochs == 0 or run.step >= end_step:
                 record_eval(run, log)
             save_checkpoint(run)
+            if signalled:
+                log.print(f"interrupted at step {run.step}: saved {ckpt_dir(run) / 'last.pt'}")
+                return "interrupted"
+    if not settle():
+        return "diverged"
     if run.batch != 0 or not run.history or "eval/top1" not in run.history[-1]:
         # Stopped mid-epoch (max_steps or a fractional epoch count): evaluate and save the position.
-        if not finite_weights(run.raw):
+        if not finite_weights(run):
             return mark_diverged(run, log)
         record_eval(run, log)
         save_checkpoint(run)
-    return status
+    return "completed"  # a signal that arrives during the last step finds the run complete
 
 
 def mark_diverged(run: Run, log: RunLogger, what: str = "non-finite weights") -> str:
@@ -399,12 +574,12 @@ def mark_diverged(run: Run, log: RunLogger, what: str = "non-finite weights") ->
     return "diverged"
 
 
-def checked_save(run: Run, log: RunLogger) -> bool:
-    """Save `last` unless the weights went non-finite (then the run is marked diverged)."""
-    if not finite_weights(run.raw):
+def checked_save(run: Run, log: RunLogger, name: str = "last") -> bool:
+    """Save `name` unless the weights went non-finite on any rank (then the run is marked diverged)."""
+    if not finite_weights(run):
         mark_diverged(run, log)
         return False
-    save_checkpoint(run)
+    save_checkpoint(run, name)
     return True
 
 
@@ -412,7 +587,8 @@ def record_eval(run: Run, log: RunLogger) -> dict:
     metrics = evaluate(run)
     log.scalars(run.step, metrics)
     run.history.append({"step": run.step, **metrics})
-    if metrics["eval/top1"] > run.best_top1:
+    # The metrics are all-reduced, so every rank takes the same branch (finite_weights is a collective).
+    if metrics["eval/top1"] > run.best_top1 and finite_weights(run):
         run.best_top1 = metrics["eval/top1"]
         save_checkpoint(run, "best")
     log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval loss {metrics['eval/loss']:.4f} "
@@ -422,20 +598,49 @@ def record_eval(run: Run, log: RunLogger) -> dict:
 
 # -- entry point ------------------------------------------------------------------------
 
-def prepare(recipe: config.Recipe, d: dist.Dist) -> Run:
+def open_run(recipe: config.Recipe, d: dist.Dist) -> tuple[Decision, dict | None, RunDir | None]:
+    """Rank 0 locks the run folder and decides fresh / resume / done; every rank gets the same answer.
+
+    A refusal is raised on every rank (rank 0's copy prints, the others' are echoes),
+    so no rank goes on alone while another stops.
+    """
+    folder = decision = state = error = None
+    if d.main:
+        folder = RunDir(Path(recipe.run.out))
+        try:
+            folder.acquire()
+            decision, state = folder.decide(recipe, d.world)
+        except (UsageError, EnvError) as e:
+            folder.release(discard=True)
+            error = e
+    shared = dist.broadcast_object((decision, None if error is None else (isinstance(error, EnvError), str(error))), d)
+    if error is not None:
+        raise error
+    decision, refusal = shared
+    if refusal is not None:
+        echo = (EnvError if refusal[0] else UsageError)(refusal[1])
+        echo.echo = True  # rank 0 reports it
+        raise echo
+    return decision, state, folder
+
+
+def prepare(recipe: config.Recipe, d: dist.Dist, decision: Decision | None = None, state: dict | None = None) -> Run:
     """Everything before the loop, with no file written (bad input raises UsageError first)."""
     out = Path(recipe.run.out)
-    train_loader, val_loader, spe = setup_data(recipe, d)
-    memory.check(recipe, d.device, train_loader.in_shape, train_loader.num_classes,
-                 recipe.data.batch_size // (d.world * recipe.train.accum_steps))  # before the model is built
+    decision = decision or Decision("fresh")
+    plan = batching.for_recipe(recipe, d.world)
+    train_loader, val_loader, spe = setup_data(recipe, d, plan)
     total = max(1, math.ceil(recipe.train.epochs * spe))
-    run = Run(recipe=recipe, d=d, out=out, train_loader=train_loader, val_loader=val_loader,
-              steps_per_epoch=spe, total_steps=total)
-    run.raw = setup_model(recipe, d, train_loader.num_classes, train_loader.in_shape)
-    run.optimizer, run.scaler = setup_optim(recipe, run.raw, d.device)
-    path = resume_path(recipe, out)
-    if path is not None:
-        restore(run, path)
+    bundle = bundle_for(recipe, plan)
+    amp, channels_last = runtime(recipe, d.device, bundle)
+    run = Run(recipe=recipe, d=d, out=out, plan=plan, train_loader=train_loader, val_loader=val_loader,
+              steps_per_epoch=spe, total_steps=total, amp=amp, channels_last=channels_last)
+    check_forward(recipe, bundle, train_loader.num_classes, train_loader.in_shape, plan.micro, d.device, amp)
+    run.raw = setup_model(recipe, d, train_loader.num_classes, train_loader.in_shape, bundle, channels_last)
+    run.optimizer, run.scaler = setup_optim(recipe, run.raw, d.device, amp)
+    if decision.kind == "resume":
+        restore(run, share_state(decision, state, d), decision.path)
+        run.changes = decision.changes
     wrap_model(run)
     return run
 
@@ -451,7 +656,7 @@ def summary_line(res: dict) -> str:
     if f.get("train/loss") is not None:
         parts.append(f"train loss {f['train/loss']:.4f}")
     t = res["timings"]
-    parts.append(f"{'-' if t['images_per_s'] is None else format(t['images_per_s'], '.0f')} img/s, "
+    parts.append(f"{'-' if t.get('images_per_s') is None else format(t['images_per_s'], '.0f')} img/s, "
                  f"{duration(t['total_s'])}")
     parts.append(f"-> {res['out']}")
     return " | ".join(parts)
@@ -460,38 +665,88 @@ def summary_line(res: dict) -> str:
 def train(recipe: config.Recipe) -> dict:
     """Train according to `recipe`; returns the results dict (also written to <out>/results.json)."""
     t_start = time.perf_counter()
-    d = dist.setup(recipe.run.device)
+    # Signals are caught from the start: one during start-up ends the run as interrupted
+    # after its first step, never as a traceback with an undocumented exit code.
+    with StopFlag() as stop:
+        d = dist.setup(recipe.run.device, recipe.run.collective_timeout)
+        supervisor = dist.Supervisor(d, recipe.run.collective_timeout).start()
+        folder = None
+        try:
+            decision, state, folder = open_run(recipe, d)
+            if decision.kind == "done":
+                res = decision.results
+                if d.main:
+                    print(f"normtrain: already complete, nothing changed (rerun with more train.epochs and "
+                          f"--resume-changed train.epochs to extend it)\n{summary_line(res)}", flush=True)
+            else:
+                res = _train(recipe, d, decision, state, folder, stop, t_start)
+        except BaseException:
+            supervisor.stop()
+            if folder is not None:
+                folder.release()
+            dist.teardown(clean=False)
+            raise
+        supervisor.stop()
+        if folder is not None:
+            folder.release()
+        dist.teardown()  # still under StopFlag: a signal right after completion changes nothing
+    return res
+
+
+def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
     try:
-        run = prepare(recipe, d)
-        start_step = run.step
-        log = RunLogger(None, 0, False, False)
+        run = prepare(recipe, d, decision, state)
+    except BaseException:
+        if folder is not None:
+            folder.release(discard=True)  # bad input: leave no lock file (or empty folder) behind
+        raise
+    del state
+    start_step = run.step
+    end_step = run.total_steps if not recipe.train.max_steps else min(run.total_steps, recipe.train.max_steps)
+    log = RunLogger(None, 0, False, False)
+    try:
         if d.main:
-            run.out.mkdir(parents=True, exist_ok=True)
+            folder.reset_outputs(start_step)
             checkpoint.atomic_write_text(run.out / "recipe.yaml", config.dump(recipe))
-            log = RunLogger(run.out, run.total_steps if not recipe.train.max_steps
-                            else min(run.total_steps, recipe.train.max_steps),
-                            recipe.log.progress, recipe.log.tensorboard, initial_step=run.step,
-                            steps_per_epoch=run.steps_per_epoch, interval_s=recipe.log.interval_s,
-                            eval_lines=recipe.log.eval_lines)
+            log = RunLogger(run.out, end_step, recipe.log.progress, recipe.log.tensorboard, initial_step=start_step,
+                            purge_step=start_step or None, steps_per_epoch=run.steps_per_epoch,
+                            interval_s=recipe.log.interval_s, eval_lines=recipe.log.eval_lines)
+            if run.changes:
+                log.print("resuming with changed settings (run.resume_changed): " + ", ".join(
+                    f"{k} {a!r} -> {b!r}" for k, a, b in run.changes))
             if start_step:
                 log.print(f"resumed from step {start_step} (epoch {log.epoch(start_step):.2f})")
             if "synthetic" in (recipe.data.source, recipe.data.backend):
                 log.print(f"data: synthetic, {'x'.join(map(str, run.train_loader.in_shape))} samples, "
                           f"{run.train_loader.num_classes} classes (data.synthetic_shape, data.synthetic_classes)")
+    except OSError as e:
+        raise EnvError(f"cannot write the run's files in {run.out}: {e.strerror or e}") from None
+    run.timings["setup_s"] = time.perf_counter() - t_start
+    try:
         try:
-            run.timings["setup_s"] = time.perf_counter() - t_start
-            with StopFlag() as stop:
-                status = loop(run, log, stop)
-            res = results(run, status, time.perf_counter() - t_start, start_step)
+            status = loop(run, log, stop)
+        except UsageError as e:
+            # Bad data met mid-run (an unreadable image...): nothing of the run is lost.
+            raise EnvError(f"{e}; the last checkpoint is kept: fix the data and rerun the same command to resume"
+                           ) from None
+        except OSError as e:
+            raise EnvError(f"cannot write in {run.out}: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); "
+                           "the previous checkpoints are intact: free space or fix the folder and rerun to resume"
+                           ) from None
+        res = results(run, status, time.perf_counter() - t_start, start_step)
+        log.results(res)
+    except EnvError as e:
+        res = results(run, "failed", time.perf_counter() - t_start, start_step)
+        res["error"] = str(e)
+        try:
             log.results(res)
-        finally:
-            log.close()
-        if d.main:
-            print(summary_line(res), flush=True)
-    except BaseException:
-        dist.teardown(clean=False)
+        except OSError:
+            pass  # the disk that failed us may not take results.json either
         raise
-    dist.teardown()
+    finally:
+        log.close()
+    if d.main:
+        print(summary_line(res), flush=True)
     return res
 
 
@@ -527,6 +782,10 @@ def results(run: Run, status: str, total_s: float, start_step: int) -> dict:
         "timings": {"total_s": total_s, "setup_s": run.timings.get("setup_s"), "train_s": run.timings["train_s"],
                     "eval_s": run.timings["eval_s"], **throughput(run)},
         "world_size": run.d.world, "device": str(run.d.device),
+        "batch": {"global": run.plan.global_batch, "per_process": run.plan.micro, "accum_steps": run.plan.accum,
+                  "ghost_groups": run.plan.ghost_groups},
+        "amp": run.amp, "channels_last": run.channels_last,
+        "resume_changes": [list(c) for c in run.changes],
         "versions": {"normtrain": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "out": str(run.out),
     }

@@ -38,7 +38,8 @@ def duration(seconds: float) -> str:
 
 class RunLogger:
     def __init__(self, out: Path | None, total_steps: int, progress: bool, tensorboard: bool, initial_step: int = 0,
-                 steps_per_epoch: int = 0, interval_s: float = 30.0, eval_lines: str = "interval", stream=None):
+                 steps_per_epoch: int = 0, interval_s: float = 30.0, eval_lines: str = "interval", stream=None,
+                 purge_step: int | None = None):
         self.out = out
         self.bar = None
         self.tb = None
@@ -66,7 +67,8 @@ class RunLogger:
                 self.plain = True
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tb"))
+            # On resume TensorBoard hides the earlier attempt's events past the checkpoint's step.
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=purge_step)
         self.jsonl = open(out / "metrics.jsonl", "a")
 
     def _warn(self, message, category, filename, lineno, file=None, line=None):

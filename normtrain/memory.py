@@ -13,7 +13,9 @@ is a lower bound of what a step keeps alive at its peak:
   counted twice (a view counts once, for its storage); with AMP they count 2 bytes
   per element.
 
-It is compared with the memory available to this process: the free memory of its
+The engine traces it in the meta-device forward that checks the input shapes
+(`engine.check_forward`); `estimate` does the same on its own. It is compared
+with the memory available to this process: the free memory of its
 GPU (`torch.cuda.mem_get_info`), or on CPU the smaller of MemAvailable and the
 cgroup limit left, shared by the processes of this node. A run is refused (one
 line, exit 2) only when the lower bound alone exceeds what is available;
@@ -81,8 +83,10 @@ def activation_bytes(model: torch.nn.Module, x: torch.Tensor, element_size: int 
     return total[0]
 
 
-def estimate(recipe, in_shape, num_classes: int, micro_batch: int) -> Estimate | None:
-    """The lower bound of one training step's memory for this recipe, or None if it cannot be traced."""
+def estimate(recipe, in_shape, num_classes: int, micro_batch: int, amp: str | None = None) -> Estimate | None:
+    """The lower bound of one training step's memory for this recipe, or None if it cannot be traced.
+
+    `amp`: the resolved precision (default train.amp; 'auto' counts as float32, as on CPU)."""
     from . import models, norms
     try:
         bundle = norms.get(recipe.norm.name, **recipe.norm.options())
@@ -90,7 +94,7 @@ def estimate(recipe, in_shape, num_classes: int, micro_batch: int) -> Estimate |
             model = models.NETWORKS[recipe.model.name](bundle, num_classes, tuple(in_shape),
                                                        dropout=recipe.model.dropout, **recipe.model.options)
             x = torch.empty((micro_batch, *in_shape))
-        elem = 2 if recipe.train.amp != "off" else None
+        elem = 2 if (amp or recipe.train.amp) in ("bf16", "fp16") else None
         acts = activation_bytes(model, x, elem)
     except UsageError:
         raise
@@ -139,13 +143,13 @@ def gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 1024 ** 2:.1f} MiB"
 
 
-def check(recipe, device: torch.device, in_shape, num_classes: int, micro_batch: int) -> Estimate | None:
-    """UsageError when one training step clearly cannot fit in the memory available on `device`."""
-    if not recipe.train.memory_check:
-        return None
-    est = estimate(recipe, in_shape, num_classes, micro_batch)
+def check(recipe, device: torch.device, in_shape, micro_batch: int, est: Estimate | None) -> Estimate | None:
+    """UsageError when one training step (lower bound `est`, from `estimate` or the engine's
+    meta-device forward) clearly cannot fit in the memory available on `device`."""
+    if not recipe.train.memory_check or est is None:
+        return est
     free = available(device)
-    if est is None or free is None or est.total <= free:
+    if free is None or est.total <= free:
         return est
     shape = "x".join(map(str, in_shape))
     raise UsageError(

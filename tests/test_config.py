@@ -35,7 +35,7 @@ def test_unknown_section(tmp_path):
     ("data: {batch_size: 1.5}", "data.batch_size: expected an integer"),
     ("log: {progress: 1}", "log.progress: expected true or false"),
     ("optim: {lr: -1}", r"optim\.lr: -1\.0 is out of range"),
-    ("train: {amp: fp8}", "train.amp: 'fp8' is not one of: off, bf16, fp16"),
+    ("train: {amp: fp8}", "train.amp: 'fp8' is not one of: auto, off, bf16, fp16"),
     ("norm: {momentum: 2}", "norm.momentum must be in"),
     ("schedule: {name: onecycle}", "max_lr: onecycle needs max_lr > 0"),
     ("data: {augment: jitter}", "data.augment: 'jitter' is not one of"),

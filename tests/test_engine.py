@@ -198,3 +198,60 @@ def test_sigterm_to_the_launcher_exits_4(tmp_path):
     assert p.returncode == 4, stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
     assert checkpoint.load(out / "checkpoints/last.pt")["step"] > 0
+
+
+@pytest.mark.parametrize("norm,compile_,channels_last", [("bn", False, True), ("wn", False, True),
+                                                         ("gn", False, False), ("ws-gn", False, False),
+                                                         ("seqnorm", False, False), ("gn", True, True)])
+def test_cuda_defaults_are_the_fast_path_that_keeps_each_method(norm, compile_, channels_last):
+    """On CUDA: bf16, channels_last unless the method's kernels are NCHW-only (GN family, unless compiled)."""
+    from normtrain import norms
+    r = config.load("cifar10-nv", [("norm.name", norm), ("train.compile", compile_)])
+    amp, cl = engine.runtime(r, torch.device("cuda"), norms.get(norm))
+    assert (amp, cl) == ("bf16", channels_last)
+    assert engine.runtime(r, torch.device("cpu"), norms.get(norm)) == ("off", False)
+    # Every switch can be turned off (or forced) from the command line.
+    off = config.load("cifar10-nv", [("norm.name", norm), ("train.amp", "off"), ("train.channels_last", False)])
+    assert engine.runtime(off, torch.device("cuda"), norms.get(norm)) == ("off", False)
+    forced = config.load("cifar10-nv", [("norm.name", norm), ("train.channels_last", True)])
+    assert engine.runtime(forced, torch.device("cpu"), norms.get(norm))[1] is True
+    auto = config.load("cifar10-nv", [("train.channels_last", "auto")])
+    assert auto.train.channels_last is None and "channels_last: null" in config.dump(auto)
+
+
+def test_no_host_device_sync_per_step(tmp_path, monkeypatch):
+    """A step's stop flags are read only after the next step's forward and backward are queued (or at
+    a step that syncs anyway: logging, evaluation, checkpoints, the end), so the host never waits for
+    an idle GPU; nothing else in the loop reads device values per step."""
+    events, calls = [], []
+    for name in ("item", "tolist", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **k):
+            calls.append(_name)
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    step_fn, read_fn = engine.train_step, engine.StepFlags.read
+
+    def train_step(run, *a, **k):
+        events.append(("issue", run.step + 1))
+        return step_fn(run, *a, **k)
+
+    def read(self):
+        if self.pending is not None:
+            events.append(("read", self.pending[0]))
+        return read_fn(self)
+    monkeypatch.setattr(engine, "train_step", train_step)
+    monkeypatch.setattr(engine.StepFlags, "read", read)
+    r = recipe(tmp_path, ("train.max_steps", 20), ("log.every_steps", 1000), ("train.epochs", 1.0))
+    run = engine.prepare(r, engine.dist.Dist())
+    calls.clear()
+    status = engine.loop(run, engine.RunLogger(None, 0, False, False), engine.StopFlag())
+    assert status == "completed" and run.step == 20
+    reads = [s for kind, s in events if kind == "read"]
+    assert reads == list(range(1, 21))  # every step's flags are read, once
+    for i, (kind, s) in enumerate(events):
+        if kind == "read" and s != 20:  # step 20 is the last (and a log) step: it settles at once
+            assert ("issue", s + 1) in events[:i], (s, events[:i + 1])
+    # Besides the 20 flag reads: the last step's log line, its evaluation and the weight check.
+    assert len(calls) - len(reads) <= 8, calls

@@ -59,11 +59,12 @@ def test_estimate_of_the_default_mlp_is_exact():
 def test_check_refuses_what_cannot_fit(monkeypatch):
     r = config.load("cifar10-nv", [("data.source", "synthetic")])
     monkeypatch.setattr(memory, "available", lambda device: 64 * 1024 ** 2)
+    big, small = (memory.estimate(r, (3, 28, 28), 10, n) for n in (128, 2))
     with pytest.raises(UsageError, match=r"one training step needs at least [\d.]+ MiB .* but 64\.0 MiB is available"):
-        memory.check(r, torch.device("cpu"), (3, 28, 28), 10, 128)
-    assert memory.check(r, torch.device("cpu"), (3, 28, 28), 10, 2) is not None  # a small batch fits
+        memory.check(r, torch.device("cpu"), (3, 28, 28), 128, big)
+    assert memory.check(r, torch.device("cpu"), (3, 28, 28), 2, small) is small  # a small batch fits
     r.train.memory_check = False
-    assert memory.check(r, torch.device("cpu"), (3, 28, 28), 10, 128) is None
+    assert memory.check(r, torch.device("cpu"), (3, 28, 28), 128, big) is big
 
 
 def test_cli_synthetic_runs_at_the_recipes_shape(tmp_path):

@@ -98,8 +98,9 @@ class TensorAugment(BatchAugment):
             x = x.float().div_(255.0)
         else:
             x = x.float()
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - mean) / std
+        if self.mean.device != x.device:  # moved once, not per batch (a host-to-device copy syncs)
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def train(self, x, g, lo, total):
         x = self.normalize(x)

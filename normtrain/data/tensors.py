@@ -48,7 +48,14 @@ def normalization(cfg, x_train: np.ndarray, name: str):
     mode = cfg.normalize
     c = x_train.shape[1]
     if mode in ("auto", "per-channel"):
-        return _moments(x_train, (0, 2, 3))
+        mean, std = _moments(x_train, (0, 2, 3))
+        # Below a millionth of the pixel range is rounding (E[x^2] - E[x]^2): the channel is constant.
+        flat = [c for c, s in enumerate(std.flatten().tolist()) if s < 1e-6]
+        if flat:
+            raise UsageError(f"{name}: channel {flat[0]} of the training images is constant (std 0), so per-channel "
+                             "normalization would divide by zero; check the data, or set data.normalize to "
+                             "minus-one-one or none")
+        return mean, std
     if mode == "per-pixel":
         mean, std = _moments(x_train, (0,))
         return mean, std.clamp_min(PER_PIXEL_STD_FLOOR)

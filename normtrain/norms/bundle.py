@@ -21,6 +21,11 @@ Contract for networks (what each call means):
   scaled ReLU, NF's gamma-scaled ReLU).
 - ``residual()``: a module ``(shortcut, branch) -> output`` joining a residual block.
 - ``nf_alpha``, ``nf_skip_gain``: the NF-ResNet block constants (alpha, initial skip gain).
+
+And one fact for the engine (never for networks): ``channels_last_ok``, whether
+the method's kernels run as fast in channels_last as in NCHW on CUDA. PyTorch's
+CUDA group_norm has an NCHW kernel only (a channels_last input is converted), so
+the GroupNorm family says False and stays NCHW unless the model is compiled.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ class Normalizer:
     name = "base"
     #: Bias a conv/linear gets when the network passes ``bias=None``.
     default_bias = True
+    #: channels_last is the fast layout for this method's kernels on CUDA (see the module docstring).
+    channels_last_ok = True
 
     def __init__(self, options: NormOptions | None = None):
         self.options = options or NormOptions()

@@ -35,6 +35,7 @@ def group_norm(num_channels: int, groups: int, eps: float, affine: bool = True) 
 class GroupNorm(Normalizer):
     name = "gn"
     default_bias = False
+    channels_last_ok = False  # CUDA group_norm is NCHW-only
 
     def groups_for(self, num_features: int) -> int:
         return self.options.groups

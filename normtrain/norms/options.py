@@ -26,6 +26,8 @@ class NormOptions:
     """GroupNorm groups (gn, ws-gn; the G_C of seqnorm). ln = 1 group, in = one per channel."""
     ghost_groups: int = 4
     """GhostNorm G_M: number of contiguous chunks the per-process batch is split into (ghost, seqnorm)."""
+    ghost_batch: int = 0
+    """GhostNorm samples per chunk (the papers' 'ghost batch size'); when > 0 it sets ghost_groups = per-process micro-batch / ghost_batch, so a recipe keeps its statistics whatever the process count."""
     init: str = "unit"
     """WN initialisation: 'unit' (g = 1, b = 0, the paper's equation) or 'data' (Salimans & Kingma data-dependent init on the first batch)."""
     gamma_init: float = 1.0 / 1.21
@@ -53,6 +55,8 @@ class NormOptions:
             raise ValueError("groups must be >= 1")
         if self.ghost_groups < 1:
             raise ValueError("ghost_groups must be >= 1")
+        if self.ghost_batch < 0 or self.ghost_batch == 1:
+            raise ValueError("ghost_batch must be 0 (use ghost_groups) or >= 2 samples per chunk")
         if self.init not in ("unit", "data"):
             raise ValueError("init must be 'unit' or 'data'")
         if self.gamma_init <= 0:

@@ -44,6 +44,7 @@ class SeqNorm(nn.Module):
 class SequentialNorm(Normalizer):
     name = "seqnorm"
     default_bias = False
+    channels_last_ok = False  # its GroupNorm step: CUDA group_norm is NCHW-only
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         o = self.options

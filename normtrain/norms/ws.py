@@ -122,6 +122,7 @@ class WSGroupNorm(WeightStandardization):
 
     name = "ws-gn"
     default_bias = False
+    channels_last_ok = False  # CUDA group_norm is NCHW-only
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         return group_norm(num_features, self.options.groups, self.options.eps)
