@@ -1,7 +1,8 @@
 """The `normtrain` command.
 
     normtrain [--recipe R] [--norm N] [--data D] [--out O] [--set key=value ...]   train
-    normtrain list [recipes|norms|models|scenarios|data|keys]
+    normtrain list [all|recipes|norms|models|scenarios|data|keys]
+    normtrain runs [DIR] [--csv]
     normtrain scenario NAME [--data D] [--set key=value ...] [--out O]
     normtrain sweep --recipe R --norm a,b --set key=v1,v2 --seeds K
     normtrain doctor [--data PATH]      will it work here, and how fast (doctor.json)
@@ -18,8 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import config, dist
-from . import batching
+from . import batching, config
 from .preflight import validate
 from .errors import (EXIT_DIVERGED, EXIT_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER, EnvError,
                      UsageError, WorkerError)
@@ -35,6 +35,7 @@ examples:
   normtrain --recipe cifar10-nv --set optim.lr=0.02 --set train.epochs=2 --out runs/x
   normtrain list norms
   normtrain scenario linear50-wn
+  normtrain runs runs/ --csv > runs.csv
 
 exit codes: 0 completed (or already complete), 2 bad input (nothing written), 3 diverged (see results.json),
             4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume),
@@ -63,10 +64,11 @@ def _add_recipe_args(p: argparse.ArgumentParser, recipe_default=None) -> None:
 def train_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="normtrain", description="Train a network with any normalization method of the papers.\n\n"
                 "other commands:\n"
-                "  normtrain list [recipes|norms|models|scenarios|data|keys]\n"
+                "  normtrain list [all|recipes|norms|models|scenarios|data|keys]   (default all: every table but keys)\n"
                 "  normtrain scenario NAME [--data D] [--set k=v ...] [--out O]   (normtrain scenario NAME --help)\n"
                 "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)\n"
-                "  normtrain doctor [--data PATH]   check this machine: versions, GPUs, NCCL, speed, DALI",
+                "  normtrain runs [DIR] [--csv]                                    the runs under DIR (default runs/)\n"
+                "  normtrain doctor [--data PATH]                                  check this machine: versions, GPUs, NCCL, speed, DALI",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_recipe_args(p)
     p.add_argument("--resume", help="auto (default: continue <out>/checkpoints/last.pt), never, or a checkpoint path")
@@ -98,9 +100,15 @@ def cmd_train(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
     validate(recipe)
+    from . import dist  # torch: only once the input is known to be good
     nproc = dist.resolve_nproc(args.nproc_per_node, recipe.run.device)
     multi_node = args.nnodes != "1"
-    if (nproc > 1 or multi_node) and not dist.in_worker_env():
+    slurm = dist.slurm_env()
+    if slurm is not None and int(slurm["LOCAL_WORLD_SIZE"]) > 1 and (nproc > 1 or multi_node):
+        raise UsageError(f"this is task {slurm['RANK']} of {slurm['WORLD_SIZE']} of an srun step, and each task is "
+                         f"already one worker: drop --nproc-per-node/--nnodes, or start one task per node "
+                         f"(srun --ntasks-per-node=1) to have normtrain start the workers")
+    if (nproc > 1 or multi_node) and not dist.torchrun_env():
         batching.for_recipe(recipe, nproc * int(args.nnodes.split(":")[-1]))  # bad split: one line, before launch
         from . import signals
         if signals.take():  # SIGTERM while starting: no worker was started
@@ -127,6 +135,7 @@ def _launch(argv, args, nproc, recipe) -> int:
         if a.split("=", 1)[0] in drop:
             continue
         worker_argv.append(a)
+    from . import dist
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     try:
@@ -174,37 +183,41 @@ def _launch(argv, args, nproc, recipe) -> int:
     return EXIT_OK
 
 
+LISTS = ("recipes", "norms", "models", "scenarios", "data")
+
+
 def cmd_list(argv: list[str]) -> int:
-    p = _Parser(prog="normtrain list", description="List recipes, norms, models, scenarios, data backends or recipe keys.")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "recipes", "norms", "models", "scenarios", "data", "keys"])
+    p = _Parser(prog="normtrain list",
+                description="List what a run can be made of. 'all' (the default) prints every table but keys.",
+                epilog="  recipes    the papers' training set-ups (--recipe)\n"
+                       "  norms      normalization methods (--norm)\n"
+                       "  models     networks (model.name)\n"
+                       "  scenarios  the papers' experiments (normtrain scenario NAME)\n"
+                       "  data       data backends (data.backend)\n"
+                       "  keys       every recipe key with its type, default and meaning (--set KEY=VALUE)",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", default="all", choices=["all", *LISTS, "keys"])
     args = p.parse_args(argv)
-    from . import data, models, norms, scenarios
-    tables = {
-        "recipes": lambda: [(n, _recipe_summary(n)) for n in config.recipe_names()],
-        "norms": lambda: [(n, _first_line(b)) for n, b in norms.METHODS.items()],
-        "models": lambda: [(n, _first_line(b)) for n, b in models.NETWORKS.items()],
-        "scenarios": lambda: [(n, _first_line(s)) for n, s in scenarios.SCENARIOS.items()],
-        "data": lambda: [(n, _first_line(b)) for n, b in data.BACKENDS.items()],
-    }
     if args.what == "keys":
-        for key, typ, default, doc in config.field_docs():
-            print(f"{key:32s} {typ:6s} {default!r:12s} {doc}")
+        print(_columns([(k, t, repr(d), doc) for k, t, d, doc in config.field_docs()]))
         return EXIT_OK
-    for what in (tables if args.what == "all" else [args.what]):
-        rows = tables[what]()
-        width = max((len(n) for n, _ in rows), default=0)
+    from . import data, models, norms, scenarios
+    registries = {"norms": norms.METHODS, "models": models.NETWORKS, "scenarios": scenarios.SCENARIOS,
+                  "data": data.BACKENDS}
+    for what in (LISTS if args.what == "all" else [args.what]):
+        if what == "recipes":
+            rows = [(n, _recipe_summary(n)) for n in config.recipe_names()]
+        else:
+            rows = [(n, registries[what].summary(n)) for n in registries[what].names()]
         print(f"{what}:")
-        for name, doc in rows:
-            print(f"  {name:{width}s}  {doc}")
+        print(_columns(rows, indent="  "))
     return EXIT_OK
 
 
-def _first_line(obj, width: int = 100) -> str:
-    """The first paragraph of `obj`'s docstring (or its module's), on one line, shortened to `width`."""
-    import inspect
-    doc = inspect.getdoc(obj) or inspect.getdoc(inspect.getmodule(obj)) or ""
-    text = " ".join(doc.strip().split("\n\n")[0].split())
-    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+def _columns(rows, indent: str = "") -> str:
+    """Rows of cells as aligned columns (every column but the last padded to its widest cell)."""
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(len(rows[0]) - 1)] if rows else []
+    return "\n".join(indent + "  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]).rstrip() for r in rows)
 
 
 def _recipe_summary(name: str) -> str:
@@ -229,7 +242,12 @@ def cmd_doctor(argv: list[str]) -> int:
     return doctor.main(argv)
 
 
-COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "doctor": cmd_doctor}
+def cmd_runs(argv: list[str]) -> int:
+    from . import runs
+    return runs.main(argv)
+
+
+COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "runs": cmd_runs, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,3 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `normtrain list keys | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import math
 import os
 import re
+import sys
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +27,9 @@ import yaml
 
 from .errors import UsageError
 from .norms.options import NormOptions
+
+#: libyaml's safe loader where PyYAML has it (the same YAML, several times faster than the pure-Python one).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _PKG = Path(__file__).resolve().parent
 # Installed: recipes/ is packaged as normtrain/recipes (setup.py); in a source tree it sits beside the package.
@@ -114,12 +119,12 @@ class DataConfig:
     """Loader workers per process: DataLoader processes (folder backend) or CPU threads of the DALI pipeline (dali; at most the CPUs per process on the node)."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning instead of stopping with an error."""
-    synthetic_shape: list = field(default_factory=lambda: [3, 224, 224])
-    """Synthetic backend: sample shape [C, H, W] (or [F])."""
+    synthetic_shape: list = field(default_factory=list)
+    """Synthetic backend: sample shape [C, H, W] (or [F]); [] = the shape of the recipe's own data (e.g. 3x28x28 for cifar10-nv; config.synthetic_like)."""
     synthetic_samples: int = 1024
     """Synthetic backend: samples per epoch."""
-    synthetic_classes: int = 10
-    """Synthetic backend: number of classes."""
+    synthetic_classes: int = 0
+    """Synthetic backend: number of classes; 0 = num_classes, or the recipe's own data's."""
 
     def check(self):
         _range("batch_size", self.batch_size, 1, MAX_BATCH)
@@ -133,10 +138,11 @@ class DataConfig:
         _range("val_split", self.val_split, 0)
         _range("workers", self.workers, 0, 256)
         _range("synthetic_samples", self.synthetic_samples, 1, 100_000_000)
-        _range("synthetic_classes", self.synthetic_classes, 1, 1_000_000)
-        if not self.synthetic_shape or len(self.synthetic_shape) > 3 or any(
+        _range("synthetic_classes", self.synthetic_classes, 0, 1_000_000)
+        if len(self.synthetic_shape) > 3 or any(
                 isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_IMAGE for s in self.synthetic_shape):
-            raise ValueError(f"synthetic_shape: {self.synthetic_shape!r} is not a list of 1 to 3 integers in [1, {MAX_IMAGE}]")
+            raise ValueError(f"synthetic_shape: {self.synthetic_shape!r} is not [] (the recipe's own data's shape) "
+                             f"or a list of 1 to 3 integers in [1, {MAX_IMAGE}]")
 
 
 @dataclass
@@ -237,6 +243,8 @@ class TrainConfig:
     """Cross-entropy label smoothing."""
     checkpoint_every_steps: int = 0
     """Also save `last` every N optimizer steps (0 = at each epoch end only)."""
+    memory_check: bool = True
+    """Before building the model, refuse (exit 2) a run whose training step clearly cannot fit in the memory available (a lower-bound estimate, normtrain/memory.py)."""
 
     def check(self):
         _range("epochs", self.epochs, 0.0, MAX_EPOCHS, lo_open=True)
@@ -259,7 +267,11 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     progress: bool = True
-    """tqdm progress bar on rank 0 (loss, lr, images/s, ETA) on stderr; off a terminal it redraws every 30 s."""
+    """Progress on stderr (rank 0): a tqdm bar (loss, lr, images/s, ETA) on a terminal; off a terminal a plain line (step, epoch, loss, lr, images/s, ETA) at most every interval_s."""
+    interval_s: float = 30.0
+    """Off a terminal: seconds between progress lines (0 = one at every every_steps); with eval_lines=interval, the least time between printed evaluation lines."""
+    eval_lines: str = "interval"
+    """Evaluation lines on stdout: all (one per evaluation), interval (at most one per interval_s) or none (the final summary only). metrics.jsonl and TensorBoard get every evaluation."""
     tensorboard: bool = True
     """Write TensorBoard scalars under <out>/tb."""
     every_steps: int = 10
@@ -269,6 +281,8 @@ class LogConfig:
 
     def check(self):
         _range("every_steps", self.every_steps, 1)
+        _range("interval_s", self.interval_s, 0.0)
+        _choice("eval_lines", self.eval_lines, ("all", "interval", "none"))
 
 
 @dataclass
@@ -291,6 +305,31 @@ class Recipe:
 
 
 SECTIONS = ["run", "model", "norm", "data", "optim", "schedule", "train", "log"]
+
+
+def synthetic_like(data: DataConfig, like: DataConfig) -> None:
+    """Fill an unset synthetic_shape / synthetic_classes of `data` from the data `like` describes.
+
+    `like` is the recipe file's own data section (before --data synthetic replaced its
+    source). Its kind is read from its backend or the name of its source: the built-in
+    digits are 1x8x8; a source named like MNIST 1x28x28, CIFAR 3x32x32 (100 classes for
+    CIFAR-100); anything else ImageNet-style 3x224x224. data.image_size, when set, is the
+    side (it is the training crop every backend produces). Classes: num_classes if set.
+    """
+    kind = like.backend if like.backend not in ("auto", "synthetic") else Path(like.source).name.lower()
+    if "digits" in kind:
+        channels, side, classes = 1, 8, 10
+    elif "mnist" in kind:
+        channels, side, classes = 1, 28, 10
+    elif "cifar" in kind:
+        channels, side, classes = 3, 32, 100 if "100" in kind else 10
+    else:
+        channels, side, classes = 3, 224, 1000 if "imagenet" in kind else 10
+    if not data.synthetic_shape:
+        side = data.image_size or side
+        data.synthetic_shape = [channels, side, side]
+    if not data.synthetic_classes:
+        data.synthetic_classes = data.num_classes or like.num_classes or classes
 
 
 # -- checks -------------------------------------------------------------------
@@ -381,7 +420,9 @@ def _coerce(value: Any, typ, where: str):
     raise TypeError(f"unsupported config type {typ}")
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls) -> dict:
+    """Field types of a dataclass (cached: resolving string annotations compiles each of them)."""
     return typing.get_type_hints(cls)
 
 
@@ -475,7 +516,7 @@ def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Rec
         path = find_recipe(name_or_path)
         source, stem = str(path), path.stem
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_LOADER) or {}
         except yaml.YAMLError as e:
             raise UsageError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -489,11 +530,14 @@ def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Rec
             raise UsageError(f"{source}: per_norm.{k} must be a mapping of 'section.key: value'")
     for key, value in (recipe.per_norm or {}).get(norm_name, {}).items():
         _set(recipe, key, value, f"{source} (per_norm.{norm_name})")
+    own_data = dataclasses.replace(recipe.data)  # what the recipe itself trains on (for synthetic stand-ins)
     for key, value in overrides:
         if key == "per_norm":
             raise UsageError("--set: per_norm cannot be set from the command line")
         _set(recipe, key, value, "--set")
     check(recipe, source if not overrides else f"{source} with --set")
+    if "synthetic" in (recipe.data.source, recipe.data.backend):
+        synthetic_like(recipe.data, own_data)
     if not recipe.run.name:
         recipe.run.name = f"{stem}-{recipe.norm.name}"
     if not recipe.run.out:
@@ -512,14 +556,23 @@ def dump(recipe: Recipe) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
+@functools.lru_cache(maxsize=None)
+def _class_nodes(path: str) -> dict:
+    """{name: ast.ClassDef} of the top-level classes of a source file, parsed once."""
+    from .static import parse
+    return {n.name: n for n in parse(path).body if isinstance(n, ast.ClassDef)}
+
+
 def dataclass_docs(cls) -> dict[str, str]:
     """{field: docstring} for a dataclass whose fields carry a string literal right under them (MRO included)."""
     docs = {}
     for klass in reversed(cls.__mro__):
         if klass is object or not dataclasses.is_dataclass(klass):
             continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body
+        node = _class_nodes(sys.modules[klass.__module__].__file__).get(klass.__qualname__)
+        if node is None:  # not a top-level class of its file
+            node = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        body = node.body
         for a, b in zip(body, body[1:]):
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
                 docs[a.target.id] = " ".join(b.value.value.split())

@@ -3,7 +3,9 @@
 - `launch(...)` starts N local workers through torch's elastic launcher (what
   `torchrun` does), passing the multi-node options through;
 - `setup()` turns the current process into a worker: one process = one rank,
-  NCCL on GPU, gloo on CPU; without torchrun variables it is a world of one;
+  NCCL on GPU, gloo on CPU. Its rank and rendezvous come from torchrun's variables
+  (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or, for a task started
+  by Slurm's ``srun``, from Slurm's (`slurm_env`); with neither it is a world of one;
 - small collectives the engine needs (`all_sum`, `any_true`, `broadcast_object`,
   `average_buffers`) and DDP wrapping with the reference settings;
 - `Supervisor`: heartbeats through the rendezvous store, so that a rank that is
@@ -14,10 +16,14 @@ Rank 0 alone prints, logs and writes (`Dist.main`).
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -51,9 +57,78 @@ class Dist:
         return self.world > 1
 
 
-def in_worker_env() -> bool:
+def torchrun_env(environ=os.environ) -> bool:
     """True when started by torchrun (or by our own launcher)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return "RANK" in environ and "WORLD_SIZE" in environ
+
+
+def in_worker_env() -> bool:
+    """True when this process is one rank of several: started by torchrun, or a task of an srun step."""
+    return torchrun_env() or slurm_env() is not None
+
+
+# -- Slurm --------------------------------------------------------------------------------
+
+def expand_nodelist(spec: str) -> list[str]:
+    """Host names of a Slurm node list ('node[01-04,07],gpu-a'): `scontrol show hostnames` where
+    it exists, else the same expansion here (comma lists, ranges with their zero padding, several
+    bracket groups per name)."""
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", spec], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.split()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    hosts = []
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", spec):
+        parts = re.split(r"\[([^\]]*)\]", item)  # text, group, text, group, ..., text
+        choices = []
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                choices.append([part])
+                continue
+            values = []
+            for r in part.split(","):
+                lo, _, hi = r.partition("-")
+                values += [str(v).zfill(len(lo)) for v in range(int(lo), int(hi or lo) + 1)]
+            choices.append(values)
+        hosts += ["".join(c) for c in itertools.product(*choices)]
+    return hosts
+
+
+def tasks_per_node(spec: str) -> list[int]:
+    """Slurm's '2(x3),1' -> [2, 2, 2, 1]."""
+    out = []
+    for m in re.finditer(r"(\d+)(?:\(x(\d+)\))?", spec):
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
+def slurm_env(environ=os.environ) -> dict | None:
+    """torchrun's variables for a task of an ``srun`` step of several tasks, from Slurm's; None otherwise.
+
+    RANK = SLURM_PROCID, WORLD_SIZE = SLURM_STEP_NUM_TASKS (set by srun only: a batch script
+    that runs normtrain without srun is one process), LOCAL_RANK = SLURM_LOCALID,
+    LOCAL_WORLD_SIZE from SLURM_STEP_TASKS_PER_NODE; MASTER_ADDR = the first host of the
+    step's node list (where srun puts task 0); MASTER_PORT = 10000 + SLURM_JOB_ID mod 20000
+    (below the ephemeral range; the same on every task of the job). MASTER_ADDR and
+    MASTER_PORT already in the environment win. torchrun's own variables win over all this.
+    """
+    if torchrun_env(environ) or "SLURM_PROCID" not in environ or "SLURM_STEP_NUM_TASKS" not in environ:
+        return None
+    world = int(environ["SLURM_STEP_NUM_TASKS"])
+    if world <= 1:
+        return None
+    nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or ""
+    addr = environ.get("MASTER_ADDR") or (expand_nodelist(nodes) or ["localhost"])[0]
+    port = environ.get("MASTER_PORT") or str(10000 + int(environ.get("SLURM_JOB_ID", "0") or 0) % 20000)
+    per_node = tasks_per_node(environ.get("SLURM_STEP_TASKS_PER_NODE", ""))
+    node = int(environ.get("SLURM_NODEID", "0"))
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(world), "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "LOCAL_WORLD_SIZE": str(per_node[node] if node < len(per_node) else 1),
+            "MASTER_ADDR": addr, "MASTER_PORT": port}
 
 
 def visible_gpus() -> int:
@@ -72,18 +147,23 @@ def pick_device(pref: str) -> str:
 
 
 def setup(device_pref: str = "auto", timeout_s: float = 1800.0) -> Dist:
-    """Join the process group if torchrun variables are present; pick this rank's device.
+    """Join the process group if torchrun's (or srun's, `slurm_env`) variables are present; pick this rank's device.
 
     `timeout_s` bounds every collective (run.collective_timeout)."""
     kind = pick_device(device_pref)
-    if not in_worker_env() or int(os.environ["WORLD_SIZE"]) == 1:
+    slurm = slurm_env()
+    if slurm is not None:
+        os.environ.update(slurm)  # from here on the same as under torchrun
+    if not torchrun_env() or int(os.environ["WORLD_SIZE"]) == 1:
         device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
         return Dist(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if kind == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        # srun --gpus-per-task=1 leaves each task one visible GPU, whatever its local rank.
+        index = local_rank % visible_gpus()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():

@@ -31,12 +31,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import batching, checkpoint, config, data, dist, models, norms
+from . import batching, checkpoint, config, data, dist, memory, models, norms
 from .errors import EnvError, UsageError, WorkerError
-from .logger import RunLogger
+from .logger import RunLogger, duration
 from .rundir import Decision, RunDir
 from .schedule import lr_at
 from .version import __version__
+
+
+#: Optimizer steps at the start of each invocation left out of images/s (see `throughput`).
+WARMUP_STEPS = 5
 
 
 # -- setup --------------------------------------------------------------------------
@@ -64,7 +68,6 @@ class Run:
     best_top1: float = -1.0
     history: list = field(default_factory=list)  # evaluations, divergence, and the latest training scalars
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0})
-    images: int = 0                    # global training images processed in this process's lifetime
     step_times: list = field(default_factory=list)  # seconds per optimizer step (this process's lifetime)
     pending_init: bool = True          # a layer may still want its data-dependent init (checked once)
     changes: list = field(default_factory=list)  # recipe changes accepted at resume (run.resume_changed)
@@ -136,15 +139,20 @@ def seed_rank(seed: int, rank: int) -> None:
     random.seed(s)
 
 
-def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, micro: int) -> None:
+def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, micro: int,
+                  device: torch.device | None = None, amp: str = "off") -> None:
     """Run the network once on the meta device (no memory, no compute): shapes it cannot take are
-    bad input, reported before anything is written (e.g. images too small for its convolutions)."""
+    bad input, reported before anything is written (e.g. images too small for its convolutions);
+    and a step that clearly cannot fit in `device`'s memory (`memory.check`) is refused."""
     try:
         with torch.device("meta"):
             net = models.build(recipe.model.name, bundle, num_classes, in_shape, init="default",
                                dropout=recipe.model.dropout, **recipe.model.options)
             net.train()
-            net(torch.empty((max(micro, 2),) + tuple(in_shape)))
+            traced = max(micro, 2)
+            # The forward, counting every layer's output as it goes (activations scale with the batch).
+            acts = memory.activation_bytes(net, torch.empty((traced,) + tuple(in_shape)),
+                                           2 if amp in ("bf16", "fp16") else None) * micro // traced
     except UsageError:
         raise
     except (RuntimeError, ValueError) as e:
@@ -154,6 +162,9 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
                          f"{micro} x {tuple(in_shape)} inputs: {str(e).splitlines()[0]}") from None
     except NotImplementedError:
         return
+    if device is not None:
+        params = sum(p.numel() * 4 for p in net.parameters())  # float32 master weights
+        memory.check(recipe, device, in_shape, micro, memory.Estimate(acts, 2 * params))
 
 
 def wrap_model(run: Run) -> None:
@@ -448,7 +459,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
     accum = run.plan.accum
     tracker = NormTracker(run.raw) if r.log.track_norms else None
     end_step = run.total_steps if not r.train.max_steps else min(run.total_steps, r.train.max_steps)
-    window = {"loss": torch.zeros((), device=d.device), "correct": 0, "n": 0, "steps": 0, "t": time.perf_counter()}
+    window = {"loss": torch.zeros((), device=d.device), "correct": 0, "n": 0, "steps": 0, "time": 0.0}
     flags = StepFlags(d.device)
     signalled = False
 
@@ -491,7 +502,6 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.optimizer.zero_grad(set_to_none=True)
             run.step += 1
             run.batch += accum
-            run.images += n * d.world
             flags.post(run.step, loss, stop.requested)
             window["loss"] += loss
             window["correct"] += correct
@@ -499,6 +509,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             window["steps"] += 1
             run.step_times.append(time.perf_counter() - t0)
             run.timings["train_s"] += run.step_times[-1]
+            window["time"] += run.step_times[-1]
             eval_now = bool(r.train.eval_every_steps and run.step % r.train.eval_every_steps == 0)
             save_now = bool(r.train.checkpoint_every_steps and run.step % r.train.checkpoint_every_steps == 0)
             if log_now or eval_now or save_now or run.step >= end_step:
@@ -510,21 +521,20 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                                      torch.tensor(float(window["n"]), device=d.device)])
                 dist.all_sum(stats)
                 loss_v, corr_v, n_v = stats.tolist()
-                elapsed = time.perf_counter() - window["t"]
+                # Images over the window's step time (evaluation and checkpoints excluded), as in results.json.
                 values = {"train/loss": loss_v / (window["steps"] * d.world), "train/top1": 100 * corr_v / max(n_v, 1),
-                          "train/lr": lr, "train/images_per_s": n_v / max(elapsed, 1e-9),
+                          "train/lr": lr, "train/images_per_s": n_v / max(window["time"], 1e-9),
                           "train/grad_norm": float(grad_norm) if grad_norm is not None else None}
                 if tracker is not None:
                     values.update(tracker.pop())
-                log.scalars(run.step, values, epoch=run.epoch)
-                log.advance(window["steps"], {"loss": f"{values['train/loss']:.4f}", "lr": f"{lr:.3g}",
-                                              "img/s": f"{values['train/images_per_s']:.0f}"})
+                log.scalars(run.step, values)
+                log.advance(window["steps"], values)
                 # Keep one training entry at the end of the history (metrics.jsonl has them all),
                 # so checkpoints of long runs do not grow with every logged step.
                 if run.history and "train/loss" in run.history[-1]:
                     run.history.pop()
                 run.history.append({"step": run.step, **values})
-                window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, t=time.perf_counter())
+                window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, time=0.0)
             if eval_now:
                 record_eval(run, log)
             if signalled:
@@ -575,14 +585,14 @@ def checked_save(run: Run, log: RunLogger, name: str = "last") -> bool:
 
 def record_eval(run: Run, log: RunLogger) -> dict:
     metrics = evaluate(run)
-    log.scalars(run.step, metrics, epoch=run.epoch)
+    log.scalars(run.step, metrics)
     run.history.append({"step": run.step, **metrics})
     # The metrics are all-reduced, so every rank takes the same branch (finite_weights is a collective).
     if metrics["eval/top1"] > run.best_top1 and finite_weights(run):
         run.best_top1 = metrics["eval/top1"]
         save_checkpoint(run, "best")
-    log.print(f"step {run.step} epoch {run.epoch}: eval loss {metrics['eval/loss']:.4f} "
-              f"top1 {metrics['eval/top1']:.2f}% top5 {metrics['eval/top5']:.2f}%")
+    log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval loss {metrics['eval/loss']:.4f} "
+                  f"top1 {metrics['eval/top1']:.2f}% top5 {metrics['eval/top5']:.2f}%")
     return metrics
 
 
@@ -625,7 +635,7 @@ def prepare(recipe: config.Recipe, d: dist.Dist, decision: Decision | None = Non
     amp, channels_last = runtime(recipe, d.device, bundle)
     run = Run(recipe=recipe, d=d, out=out, plan=plan, train_loader=train_loader, val_loader=val_loader,
               steps_per_epoch=spe, total_steps=total, amp=amp, channels_last=channels_last)
-    check_forward(recipe, bundle, train_loader.num_classes, train_loader.in_shape, plan.micro)
+    check_forward(recipe, bundle, train_loader.num_classes, train_loader.in_shape, plan.micro, d.device, amp)
     run.raw = setup_model(recipe, d, train_loader.num_classes, train_loader.in_shape, bundle, channels_last)
     run.optimizer, run.scaler = setup_optim(recipe, run.raw, d.device, amp)
     if decision.kind == "resume":
@@ -645,7 +655,9 @@ def summary_line(res: dict) -> str:
         parts.append(f"eval top1 {f['eval/top1']:.2f}% top5 {f['eval/top5']:.2f}% (best {res['best_eval_top1']:.2f}%)")
     if f.get("train/loss") is not None:
         parts.append(f"train loss {f['train/loss']:.4f}")
-    parts.append(f"{res['timings']['images_per_s']:.0f} img/s, {res['timings']['total_s']:.1f}s")
+    t = res["timings"]
+    parts.append(f"{'-' if t.get('images_per_s') is None else format(t['images_per_s'], '.0f')} img/s, "
+                 f"{duration(t['total_s'])}")
     parts.append(f"-> {res['out']}")
     return " | ".join(parts)
 
@@ -701,14 +713,19 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
             folder.reset_outputs(start_step)
             checkpoint.atomic_write_text(run.out / "recipe.yaml", config.dump(recipe))
             log = RunLogger(run.out, end_step, recipe.log.progress, recipe.log.tensorboard, initial_step=start_step,
-                            purge_step=start_step or None)
+                            purge_step=start_step or None, steps_per_epoch=run.steps_per_epoch,
+                            interval_s=recipe.log.interval_s, eval_lines=recipe.log.eval_lines)
             if run.changes:
                 log.print("resuming with changed settings (run.resume_changed): " + ", ".join(
                     f"{k} {a!r} -> {b!r}" for k, a, b in run.changes))
             if start_step:
-                log.print(f"resumed from step {start_step} (epoch {run.epoch}, batch {run.batch})")
+                log.print(f"resumed from step {start_step} (epoch {log.epoch(start_step):.2f})")
+            if "synthetic" in (recipe.data.source, recipe.data.backend):
+                log.print(f"data: synthetic, {'x'.join(map(str, run.train_loader.in_shape))} samples, "
+                          f"{run.train_loader.num_classes} classes (data.synthetic_shape, data.synthetic_classes)")
     except OSError as e:
         raise EnvError(f"cannot write the run's files in {run.out}: {e.strerror or e}") from None
+    run.timings["setup_s"] = time.perf_counter() - t_start
     try:
         try:
             status = loop(run, log, stop)
@@ -737,22 +754,37 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
     return res
 
 
+def throughput(run: Run) -> dict:
+    """images/s of this invocation: global images per step x timed steps / their summed step time.
+
+    The first `WARMUP_STEPS` steps (at most half of them) are left out: allocator growth,
+    cuDNN autotuning, torch.compile and the first batches of a loader run there. A step's
+    time covers its data loading, forward, backward and optimizer step, not evaluations or
+    checkpoints. None when no step was timed.
+    """
+    warm = min(WARMUP_STEPS, len(run.step_times) // 2)
+    timed = run.step_times[warm:]
+    return {"images_per_s": run.recipe.data.batch_size * len(timed) / sum(timed) if timed else None,
+            "warmup_steps": warm, "timed_steps": len(timed),
+            "step_s_median": statistics.median(timed) if timed else None}
+
+
 def results(run: Run, status: str, total_s: float, start_step: int) -> dict:
     r = run.recipe
     final = {}
     for h in run.history:
-        final.update({k: v for k, v in h.items() if "/" in k and v is not None})
+        # The last value of each metric; throughput is in timings (one definition, warm-up excluded).
+        final.update({k: v for k, v in h.items() if "/" in k and v is not None and k != "train/images_per_s"})
     diverged = [h["step"] for h in run.history if h.get("diverged")]
     return {
         "status": status,
         "recipe": r.run.name, "model": r.model.name, "norm": r.norm.name,
         "steps": run.step, "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
-        "epoch": run.epoch, "resumed_from_step": start_step,
+        "epoch": round(run.step / run.steps_per_epoch, 4), "resumed_from_step": start_step,
         "diverged_at_step": diverged[-1] if diverged else None,
         "final": final, "best_eval_top1": run.best_top1 if run.best_top1 >= 0 else None,
-        "timings": {"total_s": total_s, "train_s": run.timings["train_s"], "eval_s": run.timings["eval_s"],
-                    "images_per_s": run.images / max(run.timings["train_s"], 1e-9),
-                    "step_s_median": statistics.median(run.step_times) if run.step_times else None},
+        "timings": {"total_s": total_s, "setup_s": run.timings.get("setup_s"), "train_s": run.timings["train_s"],
+                    "eval_s": run.timings["eval_s"], **throughput(run)},
         "world_size": run.d.world, "device": str(run.d.device),
         "batch": {"global": run.plan.global_batch, "per_process": run.plan.micro, "accum_steps": run.plan.accum,
                   "ghost_groups": run.plan.ghost_groups},

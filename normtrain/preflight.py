@@ -9,11 +9,19 @@ from . import config
 from .errors import UsageError
 
 
-def validate(recipe: config.Recipe) -> None:
-    """UsageError (one line) for a method, network option, data source or init the recipe cannot use."""
+def check_names(recipe: config.Recipe) -> None:
+    """UsageError for an unknown method, network, init or data source; imports no torch."""
     from . import data, models, norms
-    norms.get(recipe.norm.name, **recipe.norm.options())
-    models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})
-    data.resolve(recipe.data)
+    norms.METHODS.require(recipe.norm.name)
+    models.NETWORKS.require(recipe.model.name)
     if recipe.model.init not in models.SCHEMES:
         raise UsageError(f"unknown model.init '{recipe.model.init}'; choose from: {', '.join(models.SCHEMES)}")
+    data.resolve(recipe.data)
+
+
+def validate(recipe: config.Recipe) -> None:
+    """UsageError (one line) for a method, network option, data source or init the recipe cannot use."""
+    from . import models, norms
+    check_names(recipe)  # first: an unknown name is reported without importing torch
+    norms.get(recipe.norm.name, **recipe.norm.options())
+    models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})

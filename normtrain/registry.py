@@ -1,28 +1,75 @@
-"""Name -> builder tables shared by methods, networks, data backends and scenarios."""
+"""Name -> builder tables shared by methods, networks, data backends and scenarios.
+
+An entry is ``"module:attribute"`` (or ``"module"`` for the module itself),
+relative to the registry's package, and is imported on first use. Listing the
+names, their one-line summaries (read from the docstrings in the source, see
+`normtrain.static`) and rejecting an unknown name import nothing, so `normtrain
+list`, `--help` and bad input answer without loading torch.
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Dict, Generic, Iterable, TypeVar
 
+from . import static
 from .errors import UsageError
 
 T = TypeVar("T")
 
 
+def first_paragraph(doc: str) -> str:
+    """The first paragraph of a docstring on one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def lazy_getattr(package: str, attributes: Dict[str, str]):
+    """A module ``__getattr__`` (PEP 562) for `package`: ``attributes`` maps a name to the
+    submodule that defines it; any other name is tried as a submodule. So
+    ``from normtrain.norms import Normalizer`` and ``norms.wn`` work while importing the
+    package itself stays light."""
+    def __getattr__(name: str):
+        if name in attributes:
+            return getattr(importlib.import_module(f"{package}.{attributes[name]}"), name)
+        if not name.startswith("__"):
+            try:
+                return importlib.import_module(f"{package}.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"{package}.{name}":
+                    raise
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
+
 class Registry(Generic[T]):
-    """A read-only mapping from a user-facing name to a builder.
+    """A read-only mapping from a user-facing name to a builder, loaded on first use.
 
     Unknown names raise UsageError listing every valid choice, so every registry
     gives the same one-line error at the command line.
     """
 
-    def __init__(self, kind: str, items: Dict[str, T]):
+    def __init__(self, kind: str, items: Dict[str, object], package: str = ""):
         self.kind = kind
+        self.package = package
         self._items = dict(items)
 
-    def __getitem__(self, name: str) -> T:
+    def _where(self, name: str) -> tuple[str, str | None]:
+        module, _, attr = self._items[name].partition(":")
+        return f"{self.package}.{module}", attr or None
+
+    def require(self, name: str) -> None:
+        """UsageError unless `name` is registered (imports nothing)."""
         if name not in self._items:
             raise UsageError(f"unknown {self.kind} '{name}'; choose from: {', '.join(self.names())}")
-        return self._items[name]
+
+    def __getitem__(self, name: str) -> T:
+        self.require(name)
+        entry = self._items[name]
+        if isinstance(entry, str):
+            module, attr = self._where(name)
+            obj = importlib.import_module(module)
+            entry = getattr(obj, attr) if attr else obj
+            self._items[name] = entry
+        return entry
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
@@ -31,4 +78,21 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def items(self) -> Iterable[tuple[str, T]]:
-        return sorted(self._items.items())
+        """(name, builder) pairs; imports every entry."""
+        return [(n, self[n]) for n in self.names()]
+
+    def source(self, name: str) -> tuple[str, str | None]:
+        """(module, attribute or None) of entry `name`, without importing it."""
+        self.require(name)
+        entry = self._items[name]
+        if isinstance(entry, str):
+            return self._where(name)
+        if isinstance(entry, type(importlib)):
+            return entry.__name__, None
+        return entry.__module__, entry.__name__
+
+    def summary(self, name: str) -> str:
+        """The first paragraph of the entry's docstring (of its module if it has none), read from the source."""
+        module, attr = self.source(name)
+        doc = static.docstring(module, attr) if attr else ""
+        return first_paragraph(doc or static.docstring(module))

@@ -20,8 +20,11 @@ resumed from its checkpoint).
 
 At the end: ``<out>/summary.md`` and ``<out>/summary.csv`` (per configuration:
 runs, final train and test top-1 as mean ± std over seeds, diverged count,
-images/s) and ``<out>/curves.png`` (training loss and test top-1 of every run,
-one colour per configuration). All input is validated, and every recipe of the
+images/s), ``<out>/curves.png`` (training loss and test top-1 of every run: one
+colour per configuration, one line style and marker per seed, x where a run
+diverged) and ``<out>/summary.png`` (final test top-1 per configuration, mean ±
+std with each seed's value), both titled with the best configuration and the
+number of diverged runs. All input is validated, and every recipe of the
 grid loaded, before anything is written (exit 2 on bad input). A run that
 diverges is a result (counted in 'diverged'); a run that fails is reported and
 the sweep exits 1 after writing the summary of the others.
@@ -157,7 +160,7 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
     varying = [k for k, vals in axes if len(vals) > 1]
     out = Path(args.out)
     specs, names = [], set()
-    from .preflight import validate
+    from .preflight import check_names, validate
     for norm in norm_list:
         for combo in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
             pairs = list(zip(keys, combo))
@@ -169,12 +172,15 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
                                      f"make the --set values distinct")
                 names.add(name)
                 overrides = [("norm.name", norm), *pairs, ("run.seed", base.run.seed + k),
-                             ("run.out", str(out / name)), ("run.name", name), ("log.progress", sys.stderr.isatty())]
+                             ("run.out", str(out / name)), ("run.name", name)]
                 if args.data:
                     overrides.insert(0, ("data.source", args.data))
                 recipe = config.load(args.recipe, overrides)
-                validate(recipe)
+                check_names(recipe)
                 specs.append(RunSpec(norm, pairs, k, recipe, out / name, label, overrides))
+    # Every recipe loaded and every name known before the checks that build networks (and import torch).
+    for s in specs:
+        validate(s.recipe)
     return specs, varying
 
 
@@ -189,7 +195,8 @@ def finished(spec: RunSpec) -> dict | None:
         res = json.loads(res_path.read_text())
         saved, wanted = yaml.safe_load(rec_path.read_text()), yaml.safe_load(config.dump(spec.recipe))
         for d in (saved, wanted):
-            d.get("log", {}).pop("progress", None)  # display only
+            for k in ("progress", "interval_s", "eval_lines"):  # display only
+                d.get("log", {}).pop(k, None)
         same = saved == wanted
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return None
@@ -328,29 +335,136 @@ def read_curves(path: Path) -> tuple[list, list, list, list]:
     return ls, lv, es, ev
 
 
-def plot_curves(out: Path, specs: list[RunSpec]) -> None:
+STYLE = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "legend.fontsize": 11,
+         "xtick.labelsize": 12, "ytick.labelsize": 12, "figure.titlesize": 15}
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def headline(rows: list[dict], title: str) -> str:
+    """The sweep's verdict in one line: the best configuration by mean test top-1, and divergences."""
+    scored = [r for r in rows if r["test_top1_mean"] is not None]
+    runs = sum(r["runs"] for r in rows)
+    diverged = sum(r["diverged"] for r in rows)
+    parts = [title]
+    if scored:
+        best = max(scored, key=lambda r: r["test_top1_mean"])
+        parts.append(f"best test top-1: {best['config']} {pm(best['test_top1_mean'], best['test_top1_std'], 1)}%")
+    parts.append(f"{diverged}/{runs} runs diverged")
+    return "\n".join([parts[0], "; ".join(parts[1:])])
+
+
+def _colours(labels: list[str]):
+    import matplotlib.pyplot as plt
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
+
+
+def _seed_style(k: int) -> dict:
+    return {"linestyle": LINESTYLES[k % len(LINESTYLES)], "marker": MARKERS[k % len(MARKERS)]}
+
+
+def _legend(fig, colours: dict, seeds: int, diverged: bool) -> None:
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=c, lw=3, label=lab) for lab, c in colours.items()]
+    handles += [Line2D([], [], color="0.35", lw=1.5, ms=6, label=f"seed {k}", **_seed_style(k)) for k in range(seeds)]
+    if diverged:
+        handles.append(Line2D([], [], color="0.35", lw=0, marker="x", ms=11, mew=2.5, label="diverged"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.80, 0.5), frameon=False)
+
+
+def plot_curves(out: Path, specs: list[RunSpec], title: str = "sweep") -> None:
+    """curves.png: training loss and evaluation top-1 against the step for every run
+    (one colour per configuration, one line style and marker per seed, x where a run diverged)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = list(dict.fromkeys(s.config_label for s in specs))
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for s in specs:
-        c = cmap(labels.index(s.config_label) % cmap.N)
-        ls, lv, es, ev = read_curves(s.out / "metrics.jsonl")
-        lab = s.config_label if s.seed_index == 0 else None
-        lv = [v if v is not None and math.isfinite(v) else float("nan") for v in lv]
-        axes[0].plot(ls, lv, color=c, alpha=0.85, lw=1.1, label=lab)
-        axes[1].plot(es, ev, "-o", ms=2.5, color=c, alpha=0.85, lw=1.1, label=lab)
-    axes[0].set_yscale("log")
-    axes[0].set_title("training loss", fontsize=9)
-    axes[1].set_title("evaluation top-1 (%)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("step")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=80)
-    plt.close(fig)
+    colours = _colours(labels)
+    seeds = max(s.seed_index for s in specs) + 1
+    curves = {id(s): read_curves(s.out / "metrics.jsonl") for s in specs}
+    # A diverging run's loss reaches 1e30: draw everything above 100x the median first loss at that
+    # ceiling, so the runs that train stay readable.
+    firsts = [c[1][0] for c in curves.values() if c[1] and c[1][0] is not None and math.isfinite(c[1][0])]
+    ceiling = 100 * statistics.median(firsts) if firsts else math.inf
+    any_diverged = clipped = False
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(17, 6.5))
+        for s in specs:
+            c, style = colours[s.config_label], _seed_style(s.seed_index)
+            ls, lv, es, ev = curves[id(s)]
+            lv = [v if v is not None and math.isfinite(v) and v > 0 else float("nan") for v in lv]
+            clipped |= any(v > ceiling for v in lv)
+            lv = [min(v, ceiling) for v in lv]
+            every = max(1, len(ls) // 12)  # markers sparse enough to tell the seeds apart
+            axes[0].plot(ls, lv, color=c, alpha=0.9, lw=1.6, markevery=every, ms=5, **style)
+            axes[1].plot(es, ev, color=c, alpha=0.9, lw=1.6, ms=5, **style)
+            res = load_result(s) or {}
+            if res.get("status") == "diverged":
+                any_diverged = True
+                finite = [(x, y) for x, y in zip(ls, lv) if math.isfinite(y)]
+                if finite:
+                    axes[0].plot(*finite[-1], marker="x", color=c, ms=12, mew=2.5, ls="none")
+        axes[0].set_yscale("log")
+        axes[0].set_title("training loss (mean over each logging window)"
+                          + (f"\nlosses above {ceiling:.3g} drawn at that line" if clipped else ""))
+        if clipped:
+            axes[0].axhline(ceiling, color="0.5", lw=1, ls=":")
+        axes[0].set_ylabel("cross-entropy loss (log scale)")
+        axes[1].set_title("evaluation top-1")
+        axes[1].set_ylabel("top-1 accuracy (%)")
+        for ax in axes:
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+        _legend(fig, colours, seeds, any_diverged)
+        fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0, 0.80, 1))
+        fig.savefig(out / "curves.png", dpi=100)
+        plt.close(fig)
+
+
+def plot_summary(out: Path, specs: list[RunSpec], rows: list[dict], title: str = "sweep") -> None:
+    """summary.png: final test top-1 per configuration, mean ± std over seeds (bar and error bar),
+    each seed's value as its marker, and how many of its runs diverged."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [r["config"] for r in rows]
+    colours = _colours(labels)
+    seeds = max(s.seed_index for s in specs) + 1
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(15, max(4.0, 0.75 * len(rows) + 2.2)))
+        ys = range(len(rows))[::-1]  # first configuration on top
+        for y, r in zip(ys, rows):
+            c = colours[r["config"]]
+            if r["test_top1_mean"] is not None:
+                ax.barh(y, r["test_top1_mean"], xerr=r["test_top1_std"], color=c, alpha=0.45, height=0.6,
+                        error_kw={"elinewidth": 2, "capsize": 6, "ecolor": "0.2"})
+            for s in specs:
+                res = load_result(s) if s.config_label == r["config"] else None
+                top1 = ((res or {}).get("final") or {}).get("eval/top1")
+                if top1 is not None:
+                    ax.plot(top1, y + 0.12 * (s.seed_index - (seeds - 1) / 2), color=c, ls="none", ms=8,
+                            marker=_seed_style(s.seed_index)["marker"], mec="0.15")
+            note = pm(r["test_top1_mean"], r["test_top1_std"], 1) + "%" if r["test_top1_mean"] is not None \
+                else "no evaluation"
+            if r["diverged"]:
+                note += f", {r['diverged']}/{r['runs']} diverged"
+            ax.annotate(note, (1.0, y), xycoords=("axes fraction", "data"), xytext=(8, 0),
+                        textcoords="offset points", va="center")
+        ax.set_yticks(list(ys), labels)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_xlabel("final evaluation top-1 (%): bar = mean over seeds, whisker = std, markers = seeds")
+        ax.set_xlim(0, 100)
+        from matplotlib.lines import Line2D
+        ax.legend(handles=[Line2D([], [], color="0.5", mec="0.15", ls="none", ms=8, label=f"seed {k}",
+                                  marker=_seed_style(k)["marker"]) for k in range(seeds)],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(seeds, 8), frameon=False)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(out / "summary.png", dpi=100)
+        plt.close(fig)
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -391,10 +505,12 @@ def main(argv: list[str]) -> int:
     rows = summarize(specs)
     title = f"sweep: {args.recipe}, {len(specs)} runs ({len(rows)} configurations x {args.seeds} seeds)"
     write_summary(out, rows, keys, title)
-    plot_curves(out, specs)
+    plot_title = headline(rows, title)
+    plot_curves(out, specs, plot_title)
+    plot_summary(out, specs, rows, plot_title)
     print((out / "summary.md").read_text())
     print(f"normtrain sweep: {len(specs)} runs ({len(todo)} run now, {time.perf_counter() - t0:.1f}s) -> "
-          f"{out / 'summary.md'}, {out / 'summary.csv'}, {out / 'curves.png'}", flush=True)
+          f"{out / 'summary.md'}, {out / 'summary.csv'}, {out / 'curves.png'}, {out / 'summary.png'}", flush=True)
     if interrupted:
         print(f"normtrain sweep: interrupted during {interrupted}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

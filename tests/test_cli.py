@@ -61,3 +61,32 @@ def test_batch_not_divisible_by_processes(tmp_path):
     p = run_cli("--nproc-per-node", "2", "--set", "run.device=cpu", "--set", "data.batch_size=63", "--out", tmp_path / "o")
     assert p.returncode == 2 and "not divisible by processes (2)" in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("what", ["norms", "models", "data", "scenarios", "recipes"])
+def test_list_lines_distinguish_items_and_align(what):
+    """Each line says what distinguishes its item (no two alike, none cut short) and the columns align."""
+    p = run_cli("list", what)
+    assert p.returncode == 0, p.stderr
+    rows = [l for l in p.stdout.splitlines()[1:] if l.strip()]
+    docs = [l[2:].split(None, 1)[1] for l in rows]
+    assert all(docs) and len(set(docs)) == len(docs), docs
+    assert not any(d.endswith("…") or d.endswith(":") for d in docs)
+    starts = {len(l) - len(l[2:].split(None, 1)[1]) for l in rows}
+    assert len(starts) == 1  # every description starts in the same column
+
+
+def test_list_keys_columns_align():
+    p = run_cli("list", "keys")
+    rows = p.stdout.splitlines()
+    assert len(rows) > 50
+    # The type column starts at the same place on every row, whatever the key's or the default's length.
+    type_col = {l.index(" " + l.split()[1] + " ") for l in rows}
+    assert len(type_col) == 1
+    assert "run.name" in p.stdout and "train.memory_check" in p.stdout
+
+
+def test_list_all_is_documented():
+    p = run_cli("list", "--help")
+    assert p.returncode == 0 and "'all' (the default) prints every table but keys" in p.stdout
+    assert "normtrain list [all|" in run_cli("--help").stdout

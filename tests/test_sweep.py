@@ -39,7 +39,9 @@ def test_sweep_2x2_table_and_plot(tmp_path, capsys):
     md = (out / "summary.md").read_text().splitlines()
     table = [line for line in md if line.startswith("| ") and "norm" not in line]
     assert len(table) == 4 and all("±" in line for line in table)
-    assert (out / "curves.png").stat().st_size > 1000
+    for png in ("curves.png", "summary.png"):
+        head = (out / png).read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(head[16:20], "big") >= 1200, png  # width
     # Run again: every finished run is reused, nothing is retrained.
     capsys.readouterr()
     assert sweep.main(TINY + ["--norm", "bn,none", "--set", "optim.lr=0.01,0.1", "--out", str(out)]) == 0
@@ -54,6 +56,13 @@ def test_seeds_give_mean_and_std(tmp_path):
     assert seeds == [0, 1]
     (row,) = list(csv.DictReader((out / "summary.csv").open()))
     assert row["runs"] == "2" and row["seeds"] == "2" and row["test_top1_std"] != ""
+
+
+def test_headline_names_the_best_configuration_and_divergences():
+    rows = [{"config": "bn", "runs": 2, "diverged": 0, "test_top1_mean": 90.0, "test_top1_std": 1.0},
+            {"config": "wn", "runs": 2, "diverged": 1, "test_top1_mean": 92.5, "test_top1_std": 0.3},
+            {"config": "none", "runs": 2, "diverged": 2, "test_top1_mean": None, "test_top1_std": None}]
+    assert sweep.headline(rows, "t") == "t\nbest test top-1: wn 92.5 ± 0.3%; 3/6 runs diverged"
 
 
 @pytest.mark.parametrize("raw, expected", [

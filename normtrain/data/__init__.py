@@ -11,29 +11,30 @@
 | dali      | ImageNet-style folders                 | NVIDIA DALI (GPU decode; CPU-only ok) |
 
 Adding a backend: one file here with ``build(cfg, split, ctx) -> Loader`` and
-one line in ``BACKENDS``; teach ``resolve()`` to recognise its data if 'auto'
-should pick it. Importing this package never imports DALI.
+one line ``"name": "module:builder"`` in ``BACKENDS`` (the builder's docstring,
+or its module's, is its summary in ``normtrain list data``); teach ``resolve()``
+to recognise its data if 'auto' should pick it. Importing this package imports
+neither torch nor DALI.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import UsageError
-from ..registry import Registry
-from . import builtin, cifar, dali, folder, imagefolder, mnist, synthetic
-from .base import DataContext, Loader
+from ..registry import Registry, lazy_getattr
 
+# name -> "module:builder" in this folder, imported on first use (the backends import torch).
 BACKENDS = Registry("data backend", {
-    "digits": builtin.build,
-    "synthetic": synthetic.build,
-    "cifar10": cifar.build_cifar10,
-    "cifar100": cifar.build_cifar100,
-    "mnist": mnist.build,
-    "folder": folder.build,
-    "dali": dali.build,
-})
+    "digits": "builtin:build",
+    "synthetic": "synthetic:build",
+    "cifar10": "cifar:build_cifar10",
+    "cifar100": "cifar:build_cifar100",
+    "mnist": "mnist:build",
+    "folder": "folder:build",
+    "dali": "dali:build",
+}, __name__)
+
+__getattr__ = lazy_getattr(__name__, {"DataContext": "base", "Loader": "base"})
 
 #: Names `data.source` accepts without a path.
 BUILTIN_SOURCES = ("digits", "synthetic")
@@ -49,11 +50,14 @@ def names() -> list[str]:
 
 def image_folder_backend() -> str:
     """dali where it can run on a GPU, folder otherwise (DESIGN §7)."""
+    import torch
+    from . import dali
     return "dali" if torch.cuda.is_available() and dali.available() else "folder"
 
 
 def detect(path: Path) -> str:
     """The backend for the dataset at `path` (auto-detection), or UsageError."""
+    from . import cifar, imagefolder, mnist
     if imagefolder.looks_like(path):
         return image_folder_backend()
     if cifar.find(path, "cifar10") is not None:
@@ -73,6 +77,7 @@ def resolve(cfg) -> str:
     if cfg.backend != "auto":
         BACKENDS[cfg.backend]  # unknown backend -> UsageError listing the valid ones
         if cfg.backend == "dali":
+            from . import dali
             dali.require()
         if cfg.backend not in BUILTIN_SOURCES:
             _existing(cfg.source)

@@ -41,6 +41,7 @@ def load_arrays():
 
 
 def build(cfg, split: str, ctx: DataContext):
+    """The built-in digits: 1,797 real 8x8 handwritten digits (UCI), no download; the default recipe's data."""
     (xtr, ytr), (xte, yte) = load_arrays()
     x, y = (xtr, ytr) if split == "train" else (xte, yte)
     return TensorLoader(torch.from_numpy(x)[:, None], torch.from_numpy(y), 10, ctx)

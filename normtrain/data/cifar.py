@@ -127,13 +127,16 @@ def load_arrays(path: str, name: str):
     return tuple(out)
 
 
-def _build(name: str):
-    def build(cfg, split: str, ctx: DataContext):
-        arrays = load_arrays(str(Path(cfg.source).expanduser()), name)
-        return build_loader(cfg, split, ctx, name, arrays, SPECS[name]["classes"])
-    build.__doc__ = f"Loader of {name} (split 'train' or 'val')."
-    return build
+def _build(name: str, cfg, split: str, ctx: DataContext):
+    arrays = load_arrays(str(Path(cfg.source).expanduser()), name)
+    return build_loader(cfg, split, ctx, name, arrays, SPECS[name]["classes"])
 
 
-build_cifar10 = _build("cifar10")
-build_cifar100 = _build("cifar100")
+def build_cifar10(cfg, split: str, ctx: DataContext):
+    """CIFAR-10 python batches (50k/10k 3x32x32, 10 classes) from a local path, whole set on the device."""
+    return _build("cifar10", cfg, split, ctx)
+
+
+def build_cifar100(cfg, split: str, ctx: DataContext):
+    """CIFAR-100 python batches (50k/10k 3x32x32, 100 classes) from a local path, whole set on the device."""
+    return _build("cifar100", cfg, split, ctx)

@@ -420,4 +420,5 @@ class DALILoader(Loader):
 
 
 def build(cfg, split: str, ctx: DataContext) -> DALILoader:
+    """ImageNet-style folders decoded by NVIDIA DALI, on the GPU (mixed) or CPU-only; needs nvidia-dali."""
     return DALILoader(cfg, split, ctx)

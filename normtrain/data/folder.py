@@ -248,4 +248,5 @@ class FolderLoader(Loader):
 
 
 def build(cfg, split: str, ctx: DataContext) -> FolderLoader:
+    """ImageNet-style folders decoded by torchvision in DataLoader workers (CPU decode, any machine)."""
     return FolderLoader(cfg, split, ctx)

@@ -79,5 +79,6 @@ def load_arrays(path: str):
 
 
 def build(cfg, split: str, ctx: DataContext):
+    """MNIST idx files (raw or .gz) from a local path, the whole set held on the device."""
     arrays = load_arrays(str(Path(cfg.source).expanduser()))
     return build_loader(cfg, split, ctx, "mnist", arrays, NUM_CLASSES)

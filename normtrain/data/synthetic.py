@@ -1,16 +1,21 @@
 """`synthetic`: random tensors made directly on the device, for benchmarks and smoke tests.
 
-Any sample shape (`data.synthetic_shape`) and class count (`data.synthetic_classes`).
-Each sample is standard-normal noise plus a fixed class prototype, so the task is
-learnable (a loss that falls is a sign the loop works) at no extra cost. Batches
+Any sample shape (`data.synthetic_shape`) and class count (`data.synthetic_classes`);
+unset, they are those of the recipe's own data (`config.synthetic_like`: cifar10-nv
+gets 3x28x28 and 10 classes, resnet50-imagenet 3x224x224 and 1000).
+Each sample is standard-normal noise plus a fixed class prototype (the outer product
+of one random vector per dimension, so that 1000 classes of 3x224x224 cost kilobytes),
+so the task is learnable (a loss that falls is a sign the loop works) at no extra cost. Batches
 are a pure function of (seed, epoch, batch index, rank): resume-exact.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import torch
 
+from ..config import synthetic_like
 from .base import Batch, DataContext, Loader, eval_shard
 
 
@@ -21,7 +26,17 @@ class SyntheticLoader(Loader):
         self.num_classes = num_classes
         self.num_samples = num_samples
         g = torch.Generator().manual_seed(ctx.seed + 12345)
-        self.prototypes = (0.5 * torch.randn(num_classes, *shape, generator=g)).to(ctx.device)
+        # One factor per sample dimension and class: the class prototype is their outer product,
+        # so it costs num_classes x (C + H + W) numbers, not num_classes x C x H x W.
+        self.factors = [torch.randn(num_classes, d, generator=g).to(ctx.device) for d in shape]
+
+    def prototypes(self, y: torch.Tensor) -> torch.Tensor:
+        """0.5 x the outer product of class y's factors, shape (len(y), *in_shape); std 0.5 per element."""
+        out = None
+        for i, f in enumerate(self.factors):
+            part = f[y].reshape(len(y), *([1] * i), -1, *([1] * (len(self.factors) - 1 - i)))
+            out = part if out is None else out * part
+        return 0.5 * out
 
     def __len__(self) -> int:
         if self.ctx.train:
@@ -37,10 +52,15 @@ class SyntheticLoader(Loader):
             g = torch.Generator(device=ctx.device).manual_seed(key)
             y = torch.randint(0, self.num_classes, (n,), generator=g, device=ctx.device)
             x = torch.randn((n, *self.in_shape), generator=g, device=ctx.device)
-            yield x.add_(self.prototypes[y]), y
+            yield x.add_(self.prototypes(y)), y
 
 
 def build(cfg, split: str, ctx: DataContext):
+    """Random tensors made on the device, shaped like the recipe's data (benchmarks and smoke tests)."""
+    if not (cfg.synthetic_shape and cfg.synthetic_classes):
+        # A data section made outside config.load (which fills these from the recipe's own data).
+        cfg = dataclasses.replace(cfg)
+        synthetic_like(cfg, cfg)
     n = cfg.synthetic_samples if split == "train" else max(cfg.synthetic_samples // 4, 1)
     classes = cfg.num_classes or cfg.synthetic_classes
     return SyntheticLoader(cfg.synthetic_shape, classes, n, ctx)

@@ -47,4 +47,5 @@ class Cifar10NV(nn.Module):
 
 
 def build_cifar10_nv(norm, num_classes, in_shape, dropout=0.0):
+    """Gitman & Ginsburg's 12-layer Caffe CIFAR-10 net (3x28x28 input, Table 2)."""
     return Cifar10NV(norm, num_classes, in_shape, dropout=dropout)

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-
-SCHEMES = ("kaiming", "xavier", "caffe-xavier", "default")
+from . import SCHEMES  # the names live in the package so that checking them needs no torch
 
 
 def _raw_weight(m: nn.Module):

@@ -54,8 +54,10 @@ class DeepLinear(nn.Module):
 
 
 def build_mlp(norm, num_classes, in_shape, widths=(512, 300), dropout=0.0):
+    """MLP: linear -> norm -> ReLU per hidden layer, widths from model.options (default 512-300, GhostNorm §3.1)."""
     return MLP(norm, num_classes, in_shape, widths=tuple(widths), dropout=dropout)
 
 
 def build_linear50(norm, num_classes, in_shape, depth=50, width=64, dropout=0.0):
+    """50 linear, bias-free, 64-wide layers with no activation (Gitman & Ginsburg §5's diverging WN test)."""
     return DeepLinear(norm, num_classes, in_shape, depth=depth, width=width)

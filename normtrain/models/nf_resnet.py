@@ -135,4 +135,5 @@ class NFResNet(nn.Module):
 
 
 def build_nf_resnet50(norm, num_classes, in_shape, dropout=0.0):
+    """NF-ResNet-50: pre-activation bottlenecks x + alpha * skip_gain * f(x / beta), no activation norm (Brock et al.; use --norm nf)."""
     return NFResNet(norm, [3, 4, 6, 3], num_classes, in_shape, dropout=dropout)

@@ -332,37 +332,45 @@ class WideResNet(nn.Module):
 # -- builders (registered in models/__init__.py) --------------------------------------
 
 def build_resnet18(norm, num_classes, in_shape, dropout=0.0, zero_init_residual=False):
+    """ResNet-18: basic blocks [2, 2, 2, 2], ImageNet layout (torchvision's)."""
     return ResNet(norm, BasicBlock, [2, 2, 2, 2], num_classes, in_shape, dropout=dropout,
                   zero_init_residual=zero_init_residual)
 
 
 def build_resnet50(norm, num_classes, in_shape, dropout=0.0, zero_init_residual=False):
+    """ResNet-50: bottlenecks [3, 4, 6, 3], torchvision's v1.5 layout (25,557,032 parameters with bn)."""
     return ResNet(norm, Bottleneck, [3, 4, 6, 3], num_classes, in_shape, dropout=dropout,
                   zero_init_residual=zero_init_residual)
 
 
 def build_resnet101(norm, num_classes, in_shape, dropout=0.0, zero_init_residual=False):
+    """ResNet-101: bottlenecks [3, 4, 23, 3], torchvision's v1.5 layout."""
     return ResNet(norm, Bottleneck, [3, 4, 23, 3], num_classes, in_shape, dropout=dropout,
                   zero_init_residual=zero_init_residual)
 
 
 def build_resnext50_32x4d(norm, num_classes, in_shape, dropout=0.0, zero_init_residual=False):
+    """ResNeXt-50 32x4d: ResNet-50's bottlenecks with a grouped 3x3 conv, 32 groups of 4 channels."""
     return ResNet(norm, Bottleneck, [3, 4, 6, 3], num_classes, in_shape, groups=32, width_per_group=4,
                   dropout=dropout, zero_init_residual=zero_init_residual)
 
 
 def build_resnext101_32x4d(norm, num_classes, in_shape, dropout=0.0, zero_init_residual=False):
+    """ResNeXt-101 32x4d: ResNet-101's bottlenecks with a grouped 3x3 conv, 32 groups of 4 channels."""
     return ResNet(norm, Bottleneck, [3, 4, 23, 3], num_classes, in_shape, groups=32, width_per_group=4,
                   dropout=dropout, zero_init_residual=zero_init_residual)
 
 
 def build_preact_resnet50(norm, num_classes, in_shape, dropout=0.0):
+    """Pre-activation ResNet-50: norm -> act -> conv bottlenecks, identity shortcuts carry the raw sum (He et al. 2016b)."""
     return PreActResNet(norm, [3, 4, 6, 3], num_classes, in_shape, dropout=dropout)
 
 
 def build_resnet56(norm, num_classes, in_shape, dropout=0.0):
+    """ResNet-56 for CIFAR: 3 stages of 9 basic blocks, 16/32/64 channels, projection shortcuts (option B)."""
     return CifarResNet(norm, 56, num_classes, in_shape, dropout=dropout)
 
 
 def build_wrn28_10(norm, num_classes, in_shape, dropout=0.0, block_dropout=0.0):
+    """WRN-28-10 for CIFAR: pre-activation wide basic blocks, widths 160/320/640 (Zagoruyko & Komodakis)."""
     return WideResNet(norm, 28, 10, num_classes, in_shape, dropout=dropout, block_dropout=block_dropout)

@@ -5,35 +5,38 @@
     >>> conv = bundle.conv(64, 128, 3, padding=1)
 
 Adding a method: one file in this folder with a ``build(options)`` function and
-one line in ``METHODS`` below.
+one line ``"name": "module:builder"`` in ``METHODS`` below; the builder's docstring
+is its one-line summary in ``normtrain list norms``.
 """
 from __future__ import annotations
 
 import dataclasses
 
 from ..errors import UsageError
-from ..registry import Registry
-from . import bn, ghost, gn, nf, none, normprop, seqnorm, trelu_wn, wn, ws
-from .bundle import Normalizer, data_init
+from ..registry import Registry, lazy_getattr
 from .options import NormOptions
 
+# name -> "module:builder" in this folder, imported on first use (the methods import torch).
 METHODS = Registry("norm", {
-    "none": none.build,
-    "bn": bn.build,
-    "syncbn": bn.build_sync,
-    "wn": wn.build,
-    "normprop": normprop.build,
-    "trelu-wn": trelu_wn.build,
-    "gn": gn.build_gn,
-    "ln": gn.build_ln,
-    "in": gn.build_in,
-    "ws": ws.build,
-    "ws-gn": ws.build_gn,
-    "ws-bn": ws.build_bn,
-    "ghost": ghost.build,
-    "seqnorm": seqnorm.build,
-    "nf": nf.build,
-})
+    "none": "none:build",
+    "bn": "bn:build",
+    "syncbn": "bn:build_sync",
+    "wn": "wn:build",
+    "normprop": "normprop:build",
+    "trelu-wn": "trelu_wn:build",
+    "gn": "gn:build_gn",
+    "ln": "gn:build_ln",
+    "in": "gn:build_in",
+    "ws": "ws:build",
+    "ws-gn": "ws:build_gn",
+    "ws-bn": "ws:build_bn",
+    "ghost": "ghost:build",
+    "seqnorm": "seqnorm:build",
+    "nf": "nf:build",
+}, __name__)
+
+# The bundle and the method modules import torch: loaded when first asked for.
+__getattr__ = lazy_getattr(__name__, {"Normalizer": "bundle", "data_init": "bundle"})
 
 
 def names() -> list[str]:
@@ -42,7 +45,7 @@ def names() -> list[str]:
 
 def get(name: str, **options) -> Normalizer:
     """Build method `name`'s bundle; `options` are fields of `NormOptions`."""
-    builder = METHODS[name]
+    METHODS.require(name)
     valid = {f.name for f in dataclasses.fields(NormOptions)}
     unknown = sorted(set(options) - valid)
     if unknown:
@@ -52,7 +55,7 @@ def get(name: str, **options) -> Normalizer:
         opts.check()
     except ValueError as e:
         raise UsageError(f"norm.{e}") from None
-    return builder(opts)
+    return METHODS[name](opts)
 
 
 __all__ = ["Normalizer", "NormOptions", "METHODS", "data_init", "get", "names"]

@@ -32,8 +32,10 @@ class SyncBatchNorm(BatchNorm):
 
 
 def build(options):
+    """BatchNorm with the statistics of each process's own chunk of the batch (the papers' multi-GPU setting)."""
     return BatchNorm(options)
 
 
 def build_sync(options):
+    """BatchNorm with the statistics of the global batch, synced over processes (SyncBatchNorm)."""
     return SyncBatchNorm(options)

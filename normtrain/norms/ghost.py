@@ -110,4 +110,5 @@ class GhostNorm(Normalizer):
 
 
 def build(options):
+    """GhostNorm: BatchNorm over norm.ghost_groups contiguous chunks of the per-process batch."""
     return GhostNorm(options)

@@ -59,12 +59,15 @@ class InstanceNorm(GroupNorm):
 
 
 def build_gn(options):
+    """GroupNorm: statistics over groups of norm.groups channels (default 32) per sample."""
     return GroupNorm(options)
 
 
 def build_ln(options):
+    """LayerNorm as GroupNorm with 1 group: statistics over all (C, H, W) of each sample."""
     return LayerNorm(options)
 
 
 def build_in(options):
+    """InstanceNorm as GroupNorm with one group per channel: statistics over (H, W) of each channel and sample."""
     return InstanceNorm(options)

@@ -178,4 +178,5 @@ class NormalizerFree(Normalizer):
 
 
 def build(options):
+    """Normalizer-Free ResNet pieces: scaled WS convs, gamma-scaled ReLU, x + alpha * f(x / beta) blocks, no activation norm."""
     return NormalizerFree(options)

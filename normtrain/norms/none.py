@@ -12,4 +12,5 @@ class NoNorm(Normalizer):
 
 
 def build(options):
+    """No normalization: plain conv + bias and ReLU (the papers' baseline)."""
     return NoNorm(options)

@@ -86,4 +86,5 @@ class NormProp(Normalizer):
 
 
 def build(options):
+    """Normalization Propagation: WN-style convs whose gain is gamma, and a ReLU shifted and scaled to zero mean, unit variance."""
     return NormProp(options)

@@ -52,4 +52,5 @@ class SequentialNorm(Normalizer):
 
 
 def build(options):
+    """SeqNorm: GroupNorm (no affine, norm.groups) then GhostNorm (norm.ghost_groups chunks)."""
     return SequentialNorm(options)

@@ -60,4 +60,5 @@ class TReLUWeightNorm(Normalizer):
 
 
 def build(options):
+    """WN without gain or bias in hidden layers, TReLU max(x, a) with learnable a; scale and bias on the last layer only."""
     return TReLUWeightNorm(options)

@@ -159,4 +159,5 @@ class WeightNorm(Normalizer):
 
 
 def build(options):
+    """Weight Normalization: w = g v / (||v|| + eps) per output channel, plus bias (norm.init: unit or data)."""
     return WeightNorm(options)

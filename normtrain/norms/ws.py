@@ -140,12 +140,15 @@ class WSBatchNorm(WeightStandardization):
 
 
 def build(options):
+    """Weight Standardization alone: zero-mean, unit-std conv weights, no activation norm (a control; deep nets overflow)."""
     return WeightStandardization(options)
 
 
 def build_gn(options):
+    """Weight Standardization + GroupNorm (the WS paper's GN+WS)."""
     return WSGroupNorm(options)
 
 
 def build_bn(options):
+    """Weight Standardization + BatchNorm (the WS paper's BN+WS)."""
     return WSBatchNorm(options)

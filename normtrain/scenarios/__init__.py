@@ -11,28 +11,32 @@ not an error: the exit code is 0 either way (2 for bad input, nothing written).
 
 Adding a scenario: one module here with a docstring, ``Params`` (a dataclass
 deriving from `common.Params`), ``USES_DATA`` and ``run(ctx, params)``, and one
-line in ``SCENARIOS``. See `common` for the contract.
+line ``"name": "module"`` in ``SCENARIOS``. See `common` for the contract.
+``--help`` and the checks of ``--set`` read the module's docstring and Params
+without importing torch (`normtrain.static.light`): keep Params free of torch
+at definition time (defaults and types from the standard library).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 
-from .. import config
+from .. import config, static
 from ..errors import UsageError
 from ..registry import Registry
-from . import (bn_cost, common, ghost_example, linear50_wn, loss_landscape, normprop_residual, output_norms,
-               signal_prop, ws_gradients)
 
+# name -> module in this folder, imported on first use (the scenarios import torch).
 SCENARIOS = Registry("scenario", {
-    "linear50-wn": linear50_wn,
-    "normprop-residual": normprop_residual,
-    "output-norms": output_norms,
-    "signal-prop": signal_prop,
-    "loss-landscape": loss_landscape,
-    "ghost-example": ghost_example,
-    "ws-gradients": ws_gradients,
-    "bn-cost": bn_cost,
-})
+    "linear50-wn": "linear50_wn",
+    "normprop-residual": "normprop_residual",
+    "output-norms": "output_norms",
+    "signal-prop": "signal_prop",
+    "loss-landscape": "loss_landscape",
+    "ghost-example": "ghost_example",
+    "ws-gradients": "ws_gradients",
+    "bn-cost": "bn_cost",
+}, __name__)
 
 
 def names() -> list[str]:
@@ -44,9 +48,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _summary(module) -> str:
-    doc = (module.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+def light(name: str):
+    """Scenario `name`'s module as far as it can be read without torch (docstring, Params,
+    USES_DATA; `normtrain.static.light`), or the module itself when its Params needs more."""
+    module = static.light(SCENARIOS.source(name)[0])
+    try:
+        module.Params(), module.USES_DATA  # defaults that need a left-out name fail here
+    except Exception:  # noqa: BLE001 - then read the real module (imports torch, same answers)
+        return SCENARIOS[name]
+    return module
 
 
 def params_help(module) -> str:
@@ -55,21 +65,24 @@ def params_help(module) -> str:
     docs = config.dataclass_docs(cls)
     hints = config._hints(cls)
     obj = cls()
-    lines = ["parameters (--set key=value):"]
-    for f in config.dataclasses.fields(cls):
+    rows = []
+    for f in dataclasses.fields(cls):
         typ = hints[f.name]
-        tname = getattr(typ, "__name__", str(typ)) if not config.typing.get_args(typ) else str(typ)
-        lines.append(f"  {f.name:18s} {tname:12s} {getattr(obj, f.name)!r:20s} {docs.get(f.name, '')}")
-    return "\n".join(lines)
+        tname = getattr(typ, "__name__", str(typ)) if not typing.get_args(typ) else str(typ)
+        rows.append((f.name, tname, repr(getattr(obj, f.name)), docs.get(f.name, "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(["parameters (--set key=value):"] + [
+        f"  {k:{widths[0]}s}  {t:{widths[1]}s}  {d:{widths[2]}s}  {doc}" for k, t, d, doc in rows])
 
 
 def parser(name: str | None = None) -> argparse.ArgumentParser:
     if name is None:
+        width = max(map(len, names()))
         desc = "Run a paper experiment and get a verdict. Scenarios:\n" + "\n".join(
-            f"  {n:18s} {_summary(m)}" for n, m in SCENARIOS.items())
+            f"  {n:{width}s}  {SCENARIOS.summary(n)}" for n in names())
         epilog = None
     else:
-        module = SCENARIOS[name]
+        module = light(name)
         desc = (module.__doc__ or "").strip()
         epilog = params_help(module)
     p = _Parser(prog=f"normtrain scenario {name or 'NAME'}", description=desc, epilog=epilog,
@@ -82,20 +95,32 @@ def parser(name: str | None = None) -> argparse.ArgumentParser:
 
 
 def resolve(name: str, sets: list[str], data: str | None = None):
-    """(module, params) for scenario `name` with `--set` overrides; UsageError on bad input."""
-    module = SCENARIOS[name]
-    params = config.apply_overrides(module.Params(), [config.parse_set(s) for s in sets], f"scenario {name} --set")
+    """(module, params) for scenario `name` with `--set` overrides; UsageError on bad input.
+
+    The input is checked on the light module first, so bad input is reported without loading torch.
+    """
+    overrides = [config.parse_set(s) for s in sets]
+    where = f"scenario {name} --set"
+    module = light(name)
+    try:
+        config.apply_overrides(module.Params(), overrides, where)
+    except UsageError:
+        raise
+    except Exception:  # noqa: BLE001 - a check() that needs a left-out name: the real module checks below
+        pass
     if data is not None:
         if not module.USES_DATA:
             raise UsageError(f"scenario {name} takes no --data (it uses generated inputs)")
         from .. import data as _data
-        _data.resolve(common.data_config(data, 1))  # unknown or missing path -> UsageError
-    return module, params
+        _data.resolve(config.DataConfig(source=data))  # unknown or missing path -> UsageError
+    module = SCENARIOS[name]
+    return module, config.apply_overrides(module.Params(), overrides, where)
 
 
 def run(name: str, sets: list[str] = (), data: str | None = None, out: str | None = None) -> dict:
     """Run scenario `name` in this process and return its results dict (also written to <out>/results.json)."""
     module, params = resolve(name, list(sets), data)
+    from . import common
     ctx = common.Context(name, params, out or f"runs/scenario-{name}", data)
     with common.torch_threads(params.threads):
         return module.run(ctx, params)
@@ -108,7 +133,7 @@ def main(argv: list[str]) -> int:
             return 0
         raise UsageError(f"normtrain scenario NAME: choose NAME from: {', '.join(names())}")
     name, rest = argv[0], argv[1:]
-    SCENARIOS[name]  # unknown name -> UsageError listing the scenarios
+    SCENARIOS.require(name)  # unknown name -> UsageError listing the scenarios
     args = parser(name).parse_args(rest)
     run(name, args.sets, args.data, args.out)
     return 0

@@ -59,9 +59,9 @@ def known(model: str | None = None, methods=()) -> None:
     """UsageError (listing the choices) for an unknown network or method name."""
     from .. import models, norms
     if model is not None:
-        models.NETWORKS[model]
+        models.NETWORKS.require(model)
     for m in methods:
-        norms.METHODS[m]
+        norms.METHODS.require(m)
 
 
 def positive(name: str, value, allow_zero: bool = False) -> None:

@@ -1,0 +1,155 @@
+"""--help, list, scenario --help and bad input answer without importing torch (issue 13 point 1).
+
+Each command runs in a fresh interpreter through `normtrain.cli.main`; the runner
+then reports whether torch (or numpy, matplotlib) ended up in sys.modules. The
+time and memory these commands take are measured in docs/PERFORMANCE.md, not here.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from normtrain import scenarios
+
+from .conftest import ROOT
+
+RUNNER = r"""
+import json, sys
+from normtrain.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code
+heavy = sorted(m for m in ("torch", "numpy", "matplotlib", "torchvision") if m in sys.modules)
+sys.stdout.flush()
+print("\n@@" + json.dumps({"rc": rc, "heavy": heavy}))
+"""
+
+
+def run_light(*args):
+    p = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    *out, last = p.stdout.rstrip("\n").split("\n")
+    assert last.startswith("@@"), p.stderr
+    return json.loads(last[2:]), "\n".join(out), p.stderr
+
+
+LIGHT_OK = [["--help"], ["train", "--help"], ["list"], ["list", "all"], ["list", "keys"], ["list", "--help"],
+            *[["list", w] for w in ("recipes", "norms", "models", "scenarios", "data")],
+            ["scenario", "--help"], ["sweep", "--help"], ["runs", "--help"]]
+
+
+@pytest.mark.parametrize("args", LIGHT_OK, ids=" ".join)
+def test_help_and_lists_do_not_import_torch(args):
+    res, out, err = run_light(*args)
+    assert res["rc"] == 0, err
+    assert res["heavy"] == [], f"{' '.join(args)} imported {res['heavy']}"
+    assert out.strip()
+
+
+@pytest.mark.parametrize("name", scenarios.names())
+def test_scenario_help_does_not_import_torch(name):
+    res, out, err = run_light("scenario", name, "--help")
+    assert res["rc"] == 0 and res["heavy"] == [], (res, err)
+    assert "parameters (--set key=value):" in out and "seed" in out
+
+
+BAD = [
+    (["--bogus-flag"], "unrecognized arguments"),
+    (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--set", "optim.nope=1"], "unknown key 'optim.nope'"),
+    (["--set", "optim.lr=abc"], "optim.lr: expected a number"),
+    (["--set", "train.amp=fp8"], "train.amp: 'fp8' is not one of"),
+    (["--norm", "nope"], "unknown norm 'nope'"),
+    (["--set", "model.name=nope"], "unknown model 'nope'"),
+    (["--set", "model.init=nope"], "unknown model.init 'nope'"),
+    (["--set", "data.backend=nope"], "unknown data backend 'nope'"),
+    (["--data", "/definitely/missing"], "data path does not exist"),
+    (["list", "nothing"], "invalid choice"),
+    (["scenario", "nope"], "unknown scenario 'nope'"),
+    (["scenario", "linear50-wn", "--set", "nope=1"], "unknown key 'nope'"),
+    (["scenario", "linear50-wn", "--set", "steps=x"], "steps: expected an integer"),
+    (["scenario", "linear50-wn", "--set", "methods=[wn,nope]"], "unknown norm 'nope'"),
+    (["scenario", "ghost-example", "--data", "digits"], "takes no --data"),
+    (["sweep", "--norm", "bn,nope"], "unknown norm 'nope'"),
+    (["sweep", "--set", "optim.lr=0.1,abc"], "optim.lr: expected a number"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_usage_errors_do_not_import_torch(args, message, tmp_path):
+    res, out, err = run_light(*args, *(["--out", str(tmp_path / "o")] if args[0] not in ("list",) else []))
+    assert res["rc"] == 2, (out, err)
+    assert message in err and err.count("\n") == 1, err
+    assert res["heavy"] == [], f"{' '.join(args)} imported {res['heavy']}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_light_scenario_params_equal_the_real_ones():
+    """The Params read without torch (static.light) are the scenario's own: same fields, defaults and docs."""
+    import dataclasses
+    from normtrain import config
+    for name in scenarios.names():
+        light, real = scenarios.light(name).Params, scenarios.SCENARIOS[name].Params
+        assert light is not real
+        assert dataclasses.asdict(light()) == dataclasses.asdict(real()), name
+        assert config.dataclass_docs(light) == config.dataclass_docs(real), name
+        assert scenarios.light(name).USES_DATA == scenarios.SCENARIOS[name].USES_DATA
+
+
+SOURCE = '''"""A module that needs torch for some of its definitions."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+K = math.sqrt(4)
+
+
+class Net(nn.Module):
+    pass
+
+
+@dataclass
+class Params:
+    n: int = 2
+    """How many."""
+    xs: list = field(default_factory=lambda: [K])
+    """Values."""
+
+    def check(self):
+        if self.n < 0:
+            raise UsageError("n must be >= 0")
+
+
+def uses_torch():
+    return torch.zeros(1)
+'''
+
+
+def test_light_stand_in_keeps_what_needs_no_torch(tmp_path, monkeypatch):
+    from normtrain import config, static
+    src = tmp_path / "fake_heavy.py"
+    src.write_text(SOURCE)
+    real = static.path_of
+    monkeypatch.setattr(static, "path_of", lambda m: src if m == "normtrain.fake_heavy" else real(m))
+    assert not static.is_light("normtrain.fake_heavy")
+    mod = static.light("normtrain.fake_heavy")
+    try:
+        assert mod.__doc__.startswith("A module that needs torch") and mod.K == 2.0
+        assert not hasattr(mod, "Net") and not hasattr(mod, "torch")  # needs torch: left out
+        p = mod.Params()
+        assert p.xs == [2.0] and config.dataclass_docs(mod.Params) == {"n": "How many.", "xs": "Values."}
+        assert config.apply_overrides(mod.Params(), [("n", 3)]).n == 3
+        with pytest.raises(config.UsageError, match="n must be >= 0"):
+            config.apply_overrides(mod.Params(), [("n", -1)])
+        with pytest.raises(NameError):
+            mod.uses_torch()  # defined, but fails only if called
+        assert "normtrain.fake_heavy" not in sys.modules  # the real name is never taken
+    finally:
+        sys.modules.pop(static.PREFIX + "normtrain.fake_heavy", None)
