@@ -16,6 +16,7 @@ from ..registry import Registry
 from . import bn, ghost, gn, nf, none, normprop, seqnorm, trelu_wn, wn, ws
 from .bundle import Normalizer, data_init
 from .options import NormOptions
+from .step_weights import micro_batches
 
 METHODS = Registry("norm", {
     "none": none.build,
@@ -55,4 +56,4 @@ def get(name: str, **options) -> Normalizer:
     return builder(opts)
 
 
-__all__ = ["Normalizer", "NormOptions", "METHODS", "data_init", "get", "names"]
+__all__ = ["Normalizer", "NormOptions", "METHODS", "data_init", "get", "micro_batches", "names"]
