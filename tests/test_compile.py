@@ -13,8 +13,7 @@ of it in the C++ compiler, so not one per method):
   forward: losses, weights and buffers must match eager, with no graph break and
   exactly one graph for training and one for evaluation (no recompiles);
 - real inductor (the engine's default backend, code generation included) in-process
-  for `ghost`, whose compiled path differs from eager (the reference formula, which
-  inductor fuses, against the fused batch-norm kernel);
+  for `ghost`: batch statistics from a permuted layout, and buffer updates;
 - DDP under 2-process gloo: tests/ddp_checks.py compiles a DDP-wrapped model (what
   the engine compiles) with aot_eager for a weight method (wn, cache on) and a batch
   method (ghost); and one engine run through the CLI with inductor, DDP and gradient

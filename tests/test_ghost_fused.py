@@ -1,8 +1,8 @@
 """GhostNorm's fused path (normtrain/norms/ghost.py) against the reference formula.
 
-`ghost_norm_reference` is the paper's definition written out (tests/test_norms.py checks
-it against the paper's worked example and per-chunk BatchNorm); training forwards in
-eager mode take `ghost_norm_fused` (chunks permuted into channels, one F.batch_norm).
+`ghost_norm_reference` is the paper's definition written out; training forwards take
+`ghost_norm_fused` (chunks permuted into channels, one F.batch_norm), which
+tests/test_norms.py checks against the paper's worked example and per-chunk BatchNorm.
 Both must agree on the output, on the gradients of x, gamma and beta, and on the
 running statistics, in fp32, bf16 and channels_last.
 """
@@ -86,7 +86,7 @@ def test_fused_equals_reference(shape, groups, dtype, channels_last):
     assert int(layer.num_batches_tracked) == 2
 
 
-def test_fused_path_runs_in_eager_training():
+def test_fused_path_runs_in_training():
     """The module's training forward is the fused path (the same tensors, bit for bit)."""
     layer = ghost.GhostBatchNorm(4, ghost_groups=2)
     x = torch.randn(8, 4, 3, 3)

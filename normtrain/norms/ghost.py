@@ -9,7 +9,7 @@ i.e. BatchNorm computed separately on G_M = ``norm.ghost_groups`` contiguous
 chunks of the per-process batch, with the *biased* variance of each chunk (this
 reproduces the paper's §2.2 worked example exactly), followed by one affine
 (gamma, beta) shared by all chunks. One vectorized computation, no loop over
-chunks (both paths below).
+chunks (both the fused path and the reference below).
 
 Running statistics ("accumulated in the same way as BatchNorm", §2.3 — the
 paper omits them from its code): one update per forward, with PyTorch's BN
@@ -25,19 +25,19 @@ Errors (NormShapeError, a ValueError): the per-process batch M must be divisible
 by G_M and each chunk needs at least 2 samples ("A ratio of 1 would be undefined
 for normalization", §3).
 
-Which code runs (the same definition each time; tests/test_ghost_fused.py checks the
-paths against each other in fp32, bf16 and channels_last):
-- eager training forward: `ghost_norm_fused`. The batch is permuted so that the G_M
-  chunks become channels, (M, C, *) -> (M/G_M, G_M*C, *), and one ``F.batch_norm``
-  (cuDNN or ATen's native batch-norm kernels, whose fp16/bf16 versions accumulate in
-  fp32 as SyncBatchNorm relies on) normalizes every chunk; the output is permuted back.
-  For bf16 input this moves about 26 bytes per element forward and backward, against
-  about 116 for the reference formula's fp32 copies (docs/PERFORMANCE.md);
-- under torch.compile: `ghost_norm_reference`, eq. 2-3 written out with the batch
-  viewed as (G_M, M/G_M, C, *). Inductor fuses it into reduction and pointwise
-  kernels that read the strided view directly (the fp32 math stays in registers),
-  so the permutation copies of the fused path would only add traffic;
-- evaluation: ``F.batch_norm`` with the running statistics.
+Which code runs: training forwards (eager and compiled) take `ghost_norm_fused`. It
+permutes the batch so that the G_M chunks become channels, (M, C, *) ->
+(M/G_M, G_M*C, *), and one ``F.batch_norm`` normalizes every chunk (cuDNN or ATen's
+native batch-norm kernels, whose fp16/bf16 versions accumulate in fp32, as
+SyncBatchNorm relies on); the output is permuted back. `ghost_norm_reference` is the
+definition written out (the batch viewed as (G_M, M/G_M, C, *), eq. 2-3, the affine;
+the code before the fused path); tests/test_ghost_fused.py checks the fused path
+against it (output, gradients, running statistics; fp32, bf16, channels_last) and
+tests/test_norms.py checks the layer against the paper's worked example and per-chunk
+BatchNorm. For bf16 input the fused path moves about 26 bytes per element in forward
+and backward against about 116 for the reference's fp32 copies (a traffic model), and
+under torch.compile inductor lowers it as it lowers BatchNorm (docs/PERFORMANCE.md).
+Evaluation is ``F.batch_norm`` with the running statistics.
 Statistics are computed in fp32 for fp16/bf16 input on every path.
 """
 from __future__ import annotations
@@ -162,13 +162,8 @@ class GhostBatchNorm(_NormBase):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
-        g = self.ghost_groups
         self._chunk_size(x.shape[0])
-        # Eager: the fused batch-norm kernel over the chunks-as-channels layout. Compiled: the
-        # reference formula, which inductor fuses into a reduction and a pointwise kernel
-        # (with fp32 math in registers), so the permutation copies would only cost.
-        path = ghost_norm_reference if torch.compiler.is_compiling() else ghost_norm_fused
-        y, chunk_means, chunk_vars = path(x, g, self.weight, self.bias, self.eps)
+        y, chunk_means, chunk_vars = ghost_norm_fused(x, self.ghost_groups, self.weight, self.bias, self.eps)
         self._update_running_stats(chunk_means, chunk_vars)
         return y
 

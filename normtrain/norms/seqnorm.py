@@ -15,8 +15,7 @@ The paper notes the reverse order did worse (§3.3).
 Precision under autocast: the GroupNorm step runs in the input's dtype (CUDA autocast
 would run group_norm in fp32, writing an fp32 copy of the activation and handing an
 fp32 activation on; the fp16/bf16 group-norm kernels accumulate in fp32 anyway). The
-GhostNorm step then takes GhostNorm's paths (see ghost.py: fused batch-norm kernel in
-eager mode, the reference formula when compiled).
+GhostNorm step then takes GhostNorm's fused batch-norm path (see ghost.py).
 """
 from __future__ import annotations
 
