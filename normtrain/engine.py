@@ -392,7 +392,8 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     n = 0
-    for i in range(accum):
+    # Reparametrised weights (WN, WS, NF...) are computed once for the step, not per micro-batch.
+    for i in norms.micro_batches(run.raw, accum):
         x, y = next(it)
         if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

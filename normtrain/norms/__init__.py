@@ -15,6 +15,7 @@ import dataclasses
 from ..errors import UsageError
 from ..registry import Registry, lazy_getattr
 from .options import NormOptions
+from .step_weights import micro_batches
 
 # name -> "module:builder" in this folder, imported on first use (the methods import torch).
 METHODS = Registry("norm", {
@@ -58,4 +59,4 @@ def get(name: str, **options) -> Normalizer:
     return METHODS[name](opts)
 
 
-__all__ = ["Normalizer", "NormOptions", "METHODS", "data_init", "get", "names"]
+__all__ = ["Normalizer", "NormOptions", "METHODS", "data_init", "get", "micro_batches", "names"]

@@ -8,8 +8,8 @@ Arandjelović 2020 §2.1 and their Figure 2 code:
 i.e. BatchNorm computed separately on G_M = ``norm.ghost_groups`` contiguous
 chunks of the per-process batch, with the *biased* variance of each chunk (this
 reproduces the paper's §2.2 worked example exactly), followed by one affine
-(gamma, beta) shared by all chunks. One vectorized computation: the batch is
-viewed as (G_M, M/G_M, C, ...) and reduced over (M/G_M, spatial).
+(gamma, beta) shared by all chunks. One vectorized computation, no loop over
+chunks (both the fused path and the reference below).
 
 Running statistics ("accumulated in the same way as BatchNorm", §2.3 — the
 paper omits them from its code): one update per forward, with PyTorch's BN
@@ -23,7 +23,22 @@ G_M = 1. Evaluation uses the running statistics, like BN.
 
 Errors (NormShapeError, a ValueError): the per-process batch M must be divisible
 by G_M and each chunk needs at least 2 samples ("A ratio of 1 would be undefined
-for normalization", §3). Statistics are computed in fp32 for fp16/bf16 input.
+for normalization", §3).
+
+Which code runs: training forwards (eager and compiled) take `ghost_norm_fused`. It
+permutes the batch so that the G_M chunks become channels, (M, C, *) ->
+(M/G_M, G_M*C, *), and one ``F.batch_norm`` normalizes every chunk (cuDNN or ATen's
+native batch-norm kernels, whose fp16/bf16 versions accumulate in fp32, as
+SyncBatchNorm relies on); the output is permuted back. `ghost_norm_reference` is the
+definition written out (the batch viewed as (G_M, M/G_M, C, *), eq. 2-3, the affine;
+the code before the fused path); tests/test_ghost_fused.py checks the fused path
+against it (output, gradients, running statistics; fp32, bf16, channels_last) and
+tests/test_norms.py checks the layer against the paper's worked example and per-chunk
+BatchNorm. For bf16 input the fused path moves about 26 bytes per element in forward
+and backward against about 116 for the reference's fp32 copies (a traffic model), and
+under torch.compile inductor lowers it as it lowers BatchNorm (docs/PERFORMANCE.md).
+Evaluation is ``F.batch_norm`` with the running statistics.
+Statistics are computed in fp32 for fp16/bf16 input on every path.
 """
 from __future__ import annotations
 
@@ -34,6 +49,90 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .bundle import Normalizer
 from .options import NormShapeError
+
+
+def ghost_norm_reference(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The definition, written out: eq. 2-3 on each of the `g` contiguous chunks, then the affine.
+
+    Returns (y, chunk means (G, C), unbiased chunk variances (G, C)). Statistics and the
+    normalization run in fp32 for fp16/bf16 input (an fp32 copy of the activation).
+    """
+    n, c = x.shape[0], x.shape[1]
+    m = n // g
+    xg = x.reshape((g, m) + tuple(x.shape[1:]))          # a view: splits the batch dim only
+    dims = (1,) + tuple(range(3, xg.dim()))               # chunk samples + spatial
+    low_precision = x.dtype in (torch.float16, torch.bfloat16)
+    stats_in = xg.float() if low_precision else xg     # statistics in fp32, as cuDNN BN does
+    var, mean = torch.var_mean(stats_in, dim=dims, unbiased=False, keepdim=True)  # (G, 1, C, 1, ...)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.view((c,) + (1,) * (x.dim() - 2))
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.view((c,) + (1,) * (x.dim() - 2))
+    # y = x * scale + shift: one pass over the data (scale and shift are per chunk and channel).
+    # Low-precision input: fp32 scale/shift (rounding them to bf16 loses the mean), fp32 math, cast back.
+    y = torch.addcmul(shift, xg, scale)
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    count = xg.numel() // (g * c)
+    with torch.no_grad():
+        chunk_vars = var.reshape(g, c) * (count / max(count - 1, 1))
+    return y.reshape(x.shape), mean.detach().reshape(g, c), chunk_vars
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def chunks_to_channels(x: torch.Tensor, g: int) -> torch.Tensor:
+    """(G*m, C, *S) -> (m, G*C, *S): channel j*C + c of sample i is channel c of sample j*m + i.
+
+    One copy; a channels_last input gives a channels_last result (NHWC memory throughout).
+    """
+    n, c, s = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    m = n // g
+    if _channels_last(x):
+        h = x.permute(0, 2, 3, 1).reshape((g, m) + s + (c,))            # a view of the NHWC memory
+        return h.permute(1, 2, 3, 0, 4).reshape((m,) + s + (g * c,)).permute(0, 3, 1, 2)
+    return x.reshape((g, m, c) + s).transpose(0, 1).reshape((m, g * c) + s)
+
+
+def channels_to_chunks(y: torch.Tensor, g: int) -> torch.Tensor:
+    """The inverse of `chunks_to_channels`."""
+    m, c, s = y.shape[0], y.shape[1] // g, tuple(y.shape[2:])
+    if _channels_last(y):
+        h = y.permute(0, 2, 3, 1).reshape((m,) + s + (g, c))
+        return h.permute(3, 0, 1, 2, 4).reshape((g * m,) + s + (c,)).permute(0, 3, 1, 2)
+    return y.reshape((m, g, c) + s).transpose(0, 1).reshape((g * m, c) + s)
+
+
+def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same result as `ghost_norm_reference` through one fused batch-norm call.
+
+    With the batch permuted so that chunk j's channel c becomes channel j*C + c of an
+    (M/G_M, G_M*C, *) tensor (`chunks_to_channels`), per-channel batch statistics *are*
+    the per-chunk statistics of eq. 2, so ``F.batch_norm`` (cuDNN / ATen's native
+    kernels; their fp16/bf16 kernels accumulate in fp32, which SyncBatchNorm relies on)
+    computes eq. 3 with gamma and beta repeated per chunk. Its running-stat update,
+    into scratch buffers with momentum 1, returns exactly the chunk means and unbiased
+    chunk variances the module's own update needs. The output has x's dtype.
+    """
+    c = x.shape[1]
+    if g == 1:
+        xp, w, b = x, weight, bias
+    else:
+        xp = chunks_to_channels(x, g)
+        w = weight.repeat(g) if weight is not None else None
+        b = bias.repeat(g) if bias is not None else None
+    stats_dtype = weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
+    means = torch.zeros(g * c, dtype=stats_dtype, device=x.device)
+    variances = torch.ones(g * c, dtype=stats_dtype, device=x.device)
+    yp = F.batch_norm(xp, means, variances, w, b, True, 1.0, eps)
+    y = yp if g == 1 else channels_to_chunks(yp, g)
+    return y, means.view(g, c), variances.view(g, c)
 
 
 class GhostBatchNorm(_NormBase):
@@ -63,36 +162,16 @@ class GhostBatchNorm(_NormBase):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
-        n, c = x.shape[0], x.shape[1]
-        g = self.ghost_groups
-        m = self._chunk_size(n)
-        xg = x.reshape((g, m) + tuple(x.shape[1:]))          # a view: splits the batch dim only
-        dims = (1,) + tuple(range(3, xg.dim()))               # chunk samples + spatial
-        low_precision = x.dtype in (torch.float16, torch.bfloat16)
-        stats_in = xg.float() if low_precision else xg     # statistics in fp32, as cuDNN BN does
-        var, mean = torch.var_mean(stats_in, dim=dims, unbiased=False, keepdim=True)  # (G, 1, C, 1, ...)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight.view((c,) + (1,) * (x.dim() - 2))
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias.view((c,) + (1,) * (x.dim() - 2))
-        # y = x * scale + shift: one pass over the data (scale and shift are per chunk and channel).
-        # Low-precision input: fp32 scale/shift (rounding them to bf16 loses the mean), fp32 math, cast back.
-        y = torch.addcmul(shift, xg, scale)
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
-        y = y.reshape(x.shape)
-        self._update_running_stats(mean, var, xg.numel() // (g * c))
+        self._chunk_size(x.shape[0])
+        y, chunk_means, chunk_vars = ghost_norm_fused(x, self.ghost_groups, self.weight, self.bias, self.eps)
+        self._update_running_stats(chunk_means, chunk_vars)
         return y
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    def _update_running_stats(self, chunk_means: torch.Tensor, chunk_vars: torch.Tensor) -> None:
+        """One BN-momentum update from the (G, C) chunk means and *unbiased* chunk variances."""
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        c = self.num_features
-        chunk_means = mean.reshape(-1, c)                                   # (G, C)
-        chunk_vars = var.reshape(-1, c) * (count / max(count - 1, 1))       # unbiased, (G, C)
         self.running_mean.lerp_(chunk_means.mean(0).to(self.running_mean.dtype), factor)
         self.running_var.lerp_(chunk_vars.mean(0).to(self.running_var.dtype), factor)
 

@@ -26,6 +26,9 @@ the names (its ``alpha`` is our 1/beta, its ``beta`` our alpha):
 - ``residual()`` stays a plain sum: the network scales the branch itself, e.g.
   with ``SkipGain(bundle.nf_alpha, bundle.nf_skip_gain)`` (a learnable scalar,
   init 0 = SkipInit by default) and ``Scale(1 / beta)`` on the block input.
+
+Under gradient accumulation the effective weight is computed once per optimizer
+step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_weights.py).
 """
 from __future__ import annotations
 

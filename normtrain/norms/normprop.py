@@ -19,6 +19,9 @@ unit-variance signals has variance 2. ``norm.residual_scale: false`` gives the
 plain sum, for the `normprop-residual` scenario.
 
 The output layer (``last=True``) is a plain WN layer with gain (init 1) and bias.
+
+Under gradient accumulation the effective weight is computed once per optimizer
+step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_weights.py).
 """
 from __future__ import annotations
 

@@ -11,6 +11,11 @@ has no affine and the GhostNorm step carries gamma and beta (DESIGN §3):
 ``GhostNorm_{G_M}(GroupNorm_{G_C}(x))`` with G_C = ``norm.groups`` (the paper's
 best CIFAR-100 setting is G_C = 4, G_M = 8) and G_M = ``norm.ghost_groups``.
 The paper notes the reverse order did worse (§3.3).
+
+Precision under autocast: the GroupNorm step runs in the input's dtype (CUDA autocast
+would run group_norm in fp32, writing an fp32 copy of the activation and handing an
+fp32 activation on; the fp16/bf16 group-norm kernels accumulate in fp32 anyway). The
+GhostNorm step then takes GhostNorm's fused batch-norm path (see ghost.py).
 """
 from __future__ import annotations
 
@@ -35,7 +40,15 @@ class SeqNorm(nn.Module):
         self.ghost = GhostBatchNorm(num_features, ghost_groups, eps=eps, momentum=momentum, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ghost(F.group_norm(x, self.groups, None, None, self.eps))
+        return self.ghost(self._group_norm(x))
+
+    def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+            # CUDA autocast runs group_norm in fp32 (an fp32 copy in, an fp32 activation out); its
+            # fp16/bf16 kernels accumulate in fp32 anyway, so keep x's dtype (as timm's fast_norm does).
+            with torch.autocast(x.device.type, enabled=False):
+                return F.group_norm(x, self.groups, None, None, self.eps)
+        return F.group_norm(x, self.groups, None, None, self.eps)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, eps={self.eps}"

@@ -14,6 +14,9 @@ activation is TReLU with a learnable per-channel threshold ``a`` (init 0), and
 the output layer (``last=True``) is a WN layer with gain gamma (init 1) and bias
 beta (init 0), always. ``ReLU(x - a) + a`` equals ``max(x, a)``, which is how it
 is computed (one fused op).
+
+Under gradient accumulation the effective weight is computed once per optimizer
+step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_weights.py).
 """
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ This file also holds the reparametrised-layer bases shared by the other
 weight methods (normprop, trelu-wn, ws, nf): they subclass nn.Conv2d /
 nn.Linear, keep the raw direction as ``self.weight`` (so init schemes,
 channels_last, parameter counts and optimizers see an ordinary layer) and
-compute the effective weight in ``forward`` with a few tensor ops.
+compute the effective weight in ``forward`` with a few tensor ops. Under gradient
+accumulation the engine has that weight computed once per optimizer step instead
+of once per micro-batch (forward and backward of the reparametrisation), see
+`normtrain.norms.step_weights`; every subclass inherits this from the bases.
 """
 from __future__ import annotations
 
@@ -41,34 +44,51 @@ def unit_direction(v: torch.Tensor, eps: float) -> torch.Tensor:
     return v * (norm + eps).reciprocal()
 
 
-class ReparamConv2d(nn.Conv2d):
-    """nn.Conv2d whose effective weight is ``effective_weight()``, computed from the raw ``self.weight``."""
+class _StepWeight:
+    """What the reparametrised bases share: ``forward`` takes its weight from `current_weight`.
 
-    channel_dim = 1
+    Outside an accumulated optimizer step that is ``effective_weight()``, recomputed at
+    every call. During one (`normtrain.norms.step_weights.micro_batches`, which the
+    engine runs around each step's micro-batches) ``step_weight`` holds the weight the
+    step computed once, and training forwards use it; so subclasses (every weight
+    method) only define ``effective_weight`` and inherit the cache.
+    """
+
+    #: Set by `micro_batches` for one optimizer step; None (the class default) otherwise.
+    step_weight: torch.Tensor | None = None
 
     def effective_weight(self) -> torch.Tensor:
         return self.weight
+
+    def current_weight(self) -> torch.Tensor:
+        w = self.step_weight
+        if w is None or not (self.training and torch.is_grad_enabled()):
+            return self.effective_weight()
+        return w
+
+
+class ReparamConv2d(_StepWeight, nn.Conv2d):
+    """nn.Conv2d whose effective weight is ``effective_weight()``, computed from the raw ``self.weight``."""
+
+    channel_dim = 1
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return self._conv_forward(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_weight(x, self.effective_weight(), self.bias)
+        return self.apply_weight(x, self.current_weight(), self.bias)
 
 
-class ReparamLinear(nn.Linear):
+class ReparamLinear(_StepWeight, nn.Linear):
     """nn.Linear whose effective weight is ``effective_weight()``, computed from the raw ``self.weight``."""
 
     channel_dim = -1
-
-    def effective_weight(self) -> torch.Tensor:
-        return self.weight
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_weight(x, self.effective_weight(), self.bias)
+        return self.apply_weight(x, self.current_weight(), self.bias)
 
 
 # -- weight normalization -------------------------------------------------------

@@ -34,6 +34,9 @@ plain layer, as in the authors' ResNets where the classifier is an ordinary
 normalize this convolutional layer again", which never happens after the
 output layer, and a standardized classifier would fix the logit scale to about
 sqrt(I) times the feature scale.
+
+Under gradient accumulation the effective weight is computed once per optimizer
+step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_weights.py).
 """
 from __future__ import annotations
 
