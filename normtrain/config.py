@@ -55,11 +55,14 @@ class ModelConfig:
     """Weight init: kaiming, xavier, caffe-xavier or default (PyTorch's)."""
     dropout: float = 0.0
     """Dropout probability before the classifier (0 = off)."""
+    drop_path: float = 0.0
+    """Stochastic depth (Huang et al. 2016): in training, drop each residual block's branch per sample with probability drop_path * i / L for block i = 1..L (the last block at drop_path), scaling kept branches by 1/(1 - p); evaluation is deterministic. 0 = off; networks without residual blocks accept only 0."""
     options: dict = field(default_factory=dict)
     """Extra keyword options of the network builder (e.g. widths for mlp); unknown ones are an error."""
 
     def check(self):
         _range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
 
 
 @dataclass

@@ -82,7 +82,7 @@ def setup_model(recipe: config.Recipe, d: dist.Dist, num_classes: int, in_shape)
     torch.manual_seed(recipe.run.seed)
     bundle = norms.get(recipe.norm.name, **recipe.norm.options())
     raw = models.build(recipe.model.name, bundle, num_classes, in_shape, init=recipe.model.init,
-                       dropout=recipe.model.dropout, **recipe.model.options)
+                       drop_path=recipe.model.drop_path, dropout=recipe.model.dropout, **recipe.model.options)
     raw.to(d.device)
     if recipe.train.channels_last:
         raw.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ import dataclasses
 
 from ..errors import UsageError
 from ..registry import Registry
-from . import bn, ghost, gn, nf, none, normprop, seqnorm, trelu_wn, wn, ws
+from . import bn, brn, cwn, evonorm, frn, ghost, gn, gn_wn, mobn_wn, nf, none, normprop, seqnorm, trelu_wn, wn, ws
 from .bundle import Normalizer, data_init
 from .options import NormOptions
 
@@ -33,6 +33,13 @@ METHODS = Registry("norm", {
     "ghost": ghost.build,
     "seqnorm": seqnorm.build,
     "nf": nf.build,
+    "brn": brn.build,
+    "mobn-wn": mobn_wn.build,
+    "cwn": cwn.build,
+    "gn-wn": gn_wn.build,
+    "frn": frn.build,
+    "evonorm-b0": evonorm.build_b0,
+    "evonorm-s0": evonorm.build_s0,
 })
 
 
