@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, config, data, dist, models, norms
+from . import checkpoint, clip, config, data, dist, models, norms
 from .errors import UsageError
 from .logger import RunLogger
 from .schedule import lr_at
@@ -296,8 +296,10 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
     if r.train.grad_clip > 0 or log_now:
         run.scaler.unscale_(run.optimizer)
         params = [p for p in run.raw.parameters() if p.grad is not None]
-        max_norm = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        by_norm = r.train.grad_clip > 0 and r.train.grad_clip_mode == "norm"
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip if by_norm else float("inf"))
+        if r.train.grad_clip > 0 and r.train.grad_clip_mode == "agc":  # logged norm: before clipping, as above
+            clip.adaptive_clip_(clip.agc_parameters(run.raw), r.train.grad_clip)
     return loss_sum / accum, correct, n, grad_norm
 
 

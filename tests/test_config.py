@@ -41,6 +41,8 @@ def test_unknown_section(tmp_path):
     ("data: {augment: jitter}", "data.augment: 'jitter' is not one of"),
     ("model: {drop_path: 1.0}", r"model\.drop_path: 1\.0 is out of range \(must be >= 0\.0 and < 1\.0\)"),
     ("model: {drop_path: none}", "model.drop_path: expected a number"),
+    ("train: {grad_clip_mode: adaptive}", "train.grad_clip_mode: 'adaptive' is not one of: norm, agc"),
+    ("train: {grad_clip_mode: agc}", "train.grad_clip_mode: agc needs grad_clip > 0"),
     ("norm: {residual: fixup}", "norm.residual: 'fixup' is not one of: none, sqrt2, rescale, depth, skipinit"),
     ("norm: {residual_depth_power: 0}", "norm.residual_depth_power must be > 0"),
     ("norm: {brn_r_max: 0.5}", "norm.brn_r_max must be >= 1"),
