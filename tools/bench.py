@@ -8,7 +8,8 @@ PyTorch loop. Writes JSON and a markdown table.
 
     # GPU (the setting): ResNet-50, 224x224, batch 256, bf16, channels_last
     python tools/bench.py --device cuda --model resnet50 --batch 256 --size 224 --amp bf16 --channels-last \
-        --methods bn,wn,trelu-wn,normprop,gn,ws-gn,seqnorm,ghost --compile both --json bench.json
+        --methods bn,wn,trelu-wn,normprop,gn,ws-gn,seqnorm,ghost,brn,mobn-wn,cwn,gn-wn,frn,evonorm-b0,evonorm-s0 \
+        --compile both --json bench.json
     # CPU smoke size
     python tools/bench.py --device cpu --model resnet18 --batch 8 --size 32 --methods bn,wn --steps 3 --warmup 1
     # engine overhead over a bare loop (cifar10-nv, batch 128, CPU)
@@ -183,7 +184,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--methods", default="bn,wn,trelu-wn,normprop,gn,ws-gn,seqnorm,ghost")
+    p.add_argument("--methods", default="bn,wn,trelu-wn,normprop,gn,ws-gn,seqnorm,ghost,"
+                   "brn,mobn-wn,cwn,gn-wn,frn,evonorm-b0,evonorm-s0")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--classes", type=int, default=1000)
