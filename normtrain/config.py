@@ -67,12 +67,15 @@ class ModelConfig:
     """Weight init: kaiming, xavier, caffe-xavier or default (PyTorch's)."""
     dropout: float = 0.0
     """Dropout probability before the classifier (0 = off)."""
+    drop_path: float = 0.0
+    """Stochastic depth (Huang et al. 2016): in training, drop each residual block's branch per sample with probability drop_path * i / L for block i = 1..L (the last block at drop_path), scaling kept branches by 1/(1 - p); evaluation is deterministic. 0 = off; networks without residual blocks accept only 0."""
     options: dict = field(default_factory=dict)
     """Extra keyword options of the network builder (e.g. widths for mlp); unknown ones are an error."""
 
     def check(self):
         _range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_options(self.options)
+        _range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
 
 
 @dataclass
@@ -238,7 +241,9 @@ class TrainConfig:
     eval_every_epochs: int = 1
     """Evaluate every N epochs (and always at the end)."""
     grad_clip: float = 0.0
-    """Clip the global gradient norm to this value (0 = off; the norm is logged either way)."""
+    """Gradient clipping threshold (0 = off; the global gradient norm before clipping is logged either way): the maximum global norm (grad_clip_mode norm) or AGC's lambda (grad_clip_mode agc)."""
+    grad_clip_mode: str = "norm"
+    """norm: clip the global gradient norm to grad_clip; agc: adaptive gradient clipping (Brock et al. 2021 §4.1), unit-wise ||G_i|| <= grad_clip * max(||W_i||, 1e-3) for every output unit, the classifier excluded (timm's default lambda is 0.01; Brock et al. find the best lambda depends on the batch size)."""
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing."""
     checkpoint_every_steps: int = 0
@@ -257,6 +262,9 @@ class TrainConfig:
         _range("eval_every_steps", self.eval_every_steps, 0)
         _range("eval_every_epochs", self.eval_every_epochs, 1)
         _range("grad_clip", self.grad_clip, 0.0)
+        _choice("grad_clip_mode", self.grad_clip_mode, ("norm", "agc"))
+        if self.grad_clip_mode == "agc" and self.grad_clip <= 0:
+            raise ValueError("grad_clip_mode: agc needs grad_clip > 0 (AGC's lambda, e.g. 0.01 as Brock et al. 2021)")
         _range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         _range("checkpoint_every_steps", self.checkpoint_every_steps, 0)
         if self.static_graph and self.accum_steps != 1:

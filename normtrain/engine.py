@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import batching, checkpoint, config, data, dist, memory, models, norms
+from . import batching, checkpoint, clip, config, data, dist, memory, models, norms
 from .errors import EnvError, UsageError, WorkerError
 from .logger import RunLogger, duration
 from .rundir import Decision, RunDir
@@ -120,7 +120,7 @@ def setup_model(recipe: config.Recipe, d: dist.Dist, num_classes: int, in_shape,
     torch.manual_seed(recipe.run.seed)
     bundle = bundle if bundle is not None else norms.get(recipe.norm.name, **recipe.norm.options())
     raw = models.build(recipe.model.name, bundle, num_classes, in_shape, init=recipe.model.init,
-                       dropout=recipe.model.dropout, **recipe.model.options)
+                       drop_path=recipe.model.drop_path, dropout=recipe.model.dropout, **recipe.model.options)
     raw.to(d.device)
     if recipe.train.channels_last if channels_last is None else channels_last:
         raw.to(memory_format=torch.channels_last)
@@ -418,8 +418,10 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
     if r.train.grad_clip > 0 or log_now:
         run.scaler.unscale_(run.optimizer)
         params = [p for p in run.raw.parameters() if p.grad is not None]
-        max_norm = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        by_norm = r.train.grad_clip > 0 and r.train.grad_clip_mode == "norm"
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, r.train.grad_clip if by_norm else float("inf"))
+        if r.train.grad_clip > 0 and r.train.grad_clip_mode == "agc":  # logged norm: before clipping, as above
+            clip.adaptive_clip_(clip.agc_parameters(run.raw), r.train.grad_clip)
     return loss_sum / accum, correct, n, grad_norm
 
 

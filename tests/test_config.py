@@ -39,6 +39,17 @@ def test_unknown_section(tmp_path):
     ("norm: {momentum: 2}", "norm.momentum must be in"),
     ("schedule: {name: onecycle}", "max_lr: onecycle needs max_lr > 0"),
     ("data: {augment: jitter}", "data.augment: 'jitter' is not one of"),
+    ("model: {drop_path: 1.0}", r"model\.drop_path: 1\.0 is out of range \(must be >= 0\.0 and < 1\.0\)"),
+    ("model: {drop_path: none}", "model.drop_path: expected a number"),
+    ("train: {grad_clip_mode: adaptive}", "train.grad_clip_mode: 'adaptive' is not one of: norm, agc"),
+    ("train: {grad_clip_mode: agc}", "train.grad_clip_mode: agc needs grad_clip > 0"),
+    ("norm: {residual: fixup}", "norm.residual: 'fixup' is not one of: none, sqrt2, rescale, depth, skipinit"),
+    ("norm: {residual_depth_power: 0}", "norm.residual_depth_power must be > 0"),
+    ("norm: {brn_r_max: 0.5}", "norm.brn_r_max must be >= 1"),
+    ("norm: {brn_d_max: -1}", "norm.brn_d_max must be >= 0"),
+    ("norm: {brn_relax_start: 10, brn_d_max_at: 5}", "norm.brn_r_max_at and brn_d_max_at must be >= brn_relax_start"),
+    ("norm: {brn_relax_start: 1.5}", "norm.brn_relax_start: expected an integer"),
+    ("norm: {frn_learn_eps: 1}", "norm.frn_learn_eps: expected true or false"),
 ])
 def test_wrong_types_and_ranges(tmp_path, text, match):
     with pytest.raises(UsageError, match=match) as e:

@@ -300,3 +300,78 @@ def test_signal_prop_on_bn_resnets():
         sp = models.signal_prop(m, torch.randn(2, 3, 32, 32))
         assert len(sp["names"]) == n
         assert all(math.isfinite(v) for v in sp["var"] + sp["res_var"] + sp["mean2"])
+
+
+# -- residual-branch scalings and stochastic depth, wired by models.build ---------------------
+
+def test_every_network_marks_exactly_its_classifier():
+    """AGC finds the classifier through the bundle's last=True mark, not by attribute name."""
+    from normtrain.norms.bundle import output_layers
+    for net in ("mlp", "linear50", "cifar10-nv", "resnet18", "preact-resnet50", "nf-resnet50", "resnet56",
+                "wrn28-10"):
+        shape, classes, opts = CASES[net]
+        m = models.build(net, norms.get("bn", **opts), classes, shape)
+        layers = [mod for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+        assert output_layers(m) == [layers[-1]], net
+
+
+@pytest.mark.parametrize("scaling", ["sqrt2", "rescale", "depth", "skipinit"])
+def test_residual_scaling_is_wired_into_every_block(scaling):
+    from normtrain.norms import residual
+    m = models.build("resnet56", norms.get("bn", groups=4, residual=scaling, residual_depth_power=0.5), 10,
+                     (3, 32, 32), drop_path=0.1)
+    blocks = [b for _, b in models.residual_blocks(m)]
+    L = len(blocks)
+    assert L == 27
+    for i, blk in enumerate(blocks):
+        a, b = residual.coefficients(scaling, i, L, 0.5)
+        assert isinstance(blk.join, residual.ResidualJoin) and isinstance(blk.join.inner, norms.bundle.Add)
+        assert (blk.join.shortcut_scale, blk.join.branch_scale) == pytest.approx((a, b))
+        assert (blk.join.skip is not None) == (scaling == "skipinit")
+        assert blk.join.drop.p == pytest.approx(0.1 * (i + 1) / L)  # Huang et al.'s linear rule
+    x = torch.randn(2, 3, 32, 32)
+    m.train()
+    m(x).sum().backward()
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(x))  # stochastic depth is off in eval
+
+
+def test_skipinit_blocks_start_as_identity_in_a_network():
+    m = models.build("resnet56", norms.get("bn", groups=4, residual="skipinit"), 10, (3, 32, 32)).eval()
+    blk = m.layer2[3]                       # identity shortcut, ReLU after the join
+    x = torch.rand(2, 32, 16, 16)           # block inputs are post-ReLU, so >= 0
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), x)
+        blk.join.skip.gain.fill_(1.0)
+        plain = models.build("resnet56", norms.get("bn", groups=4), 10, (3, 32, 32)).eval()
+        plain_blk = plain.layer2[3]
+        plain_blk.load_state_dict({k.replace("join.skip.gain", ""): v for k, v in blk.state_dict().items()
+                                   if "join" not in k})
+        torch.testing.assert_close(blk(x), plain_blk(x))  # gain 1: the plain block again
+
+
+def test_drop_path_eval_is_the_plain_network_and_training_drops_branches():
+    torch.manual_seed(0)
+    plain = models.build("resnet56", norms.get("bn", groups=4), 10, (3, 32, 32))
+    dropped = models.build("resnet56", norms.get("bn", groups=4), 10, (3, 32, 32), drop_path=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # StochasticDepth has no state
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    plain.eval(), dropped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x))
+        dropped.train(), plain.train()
+        torch.manual_seed(1)
+        a = dropped(x)
+        assert not torch.allclose(a, dropped(x))  # a fresh draw of dropped branches each forward
+
+
+def test_residual_options_need_residual_blocks():
+    from normtrain.errors import UsageError
+    with pytest.raises(UsageError, match="model 'mlp' has none"):
+        models.build("mlp", norms.get("bn", groups=4), 10, (1, 28, 28), drop_path=0.1)
+    with pytest.raises(UsageError, match="norm.residual=depth"):
+        models.build("cifar10-nv", norms.get("bn", residual="depth"), 10, (3, 28, 28))
+    with pytest.raises(UsageError, match="drop_path"):
+        models.build("resnet18", "bn", 10, (3, 32, 32), drop_path=1.0)

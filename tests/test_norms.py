@@ -15,10 +15,10 @@ from torch import nn
 
 from normtrain import norms
 from normtrain.errors import UsageError
-from normtrain.norms import ghost, nf, normprop, trelu_wn, wn, ws
+from normtrain.norms import brn, cwn, evonorm, frn, ghost, mobn_wn, nf, normprop, residual, trelu_wn, wn, ws
 
 ALL = ["bn", "syncbn", "none", "wn", "normprop", "trelu-wn", "gn", "ln", "in", "ws", "ws-gn", "ws-bn",
-       "ghost", "seqnorm", "nf"]
+       "ghost", "seqnorm", "nf", "brn", "mobn-wn", "cwn", "gn-wn", "frn", "evonorm-b0", "evonorm-s0"]
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +43,11 @@ def test_unknown_option_is_usage_error():
 
 
 def _tiny_net(bundle: norms.Normalizer) -> nn.Module:
+    """Every bundle call a network makes: norm + act pairs, a norm alone, an act alone, 4-d and 2-d input."""
     return nn.Sequential(
-        bundle.conv(3, 8, 3, padding=1), bundle.norm(8), bundle.act(8),
+        bundle.conv(3, 8, 3, padding=1), *bundle.norm_act(8),
         bundle.conv(8, 8, 3, padding=1, groups=2), bundle.norm(8), bundle.act(8),
-        nn.Flatten(), bundle.linear(8 * 4 * 4, 16), bundle.norm(16, dims=1), bundle.act(16),
+        nn.Flatten(), bundle.linear(8 * 4 * 4, 16), *bundle.norm_act(16, dims=1),
         bundle.linear(16, 5, bias=True, last=True))
 
 
@@ -68,6 +69,8 @@ def test_method_builds_runs_and_round_trips(name):
     # residual join
     r = bundle.residual()(torch.ones(2, 3), torch.ones(2, 3))
     assert r.shape == (2, 3)
+    # the layer built with last=True, and only it, is marked as the output layer (AGC leaves it alone)
+    assert norms.bundle.output_layers(net) == [net[-1]]
     # state_dict round trip into a differently-seeded copy reproduces train and eval outputs
     torch.manual_seed(123)
     other = _tiny_net(norms.get(name, **opts))
@@ -82,7 +85,7 @@ def test_channels_last_matches_contiguous():
     x = torch.randn(8, 4, 5, 5)
     for name in ALL:
         bundle = norms.get(name, groups=4)
-        net = nn.Sequential(bundle.conv(4, 8, 3, padding=1), bundle.norm(8), bundle.act(8))
+        net = nn.Sequential(bundle.conv(4, 8, 3, padding=1), *bundle.norm_act(8))
         ref = net(x)
         net_cl = net.to(memory_format=torch.channels_last)
         out = net_cl(x.to(memory_format=torch.channels_last))
@@ -542,3 +545,315 @@ def test_nf_skip_gain_and_scale():
     assert skip1.gain.grad is not None
     torch.testing.assert_close(nf.Scale(0.5)(x), 0.5 * x)
     assert isinstance(bundle.residual(), norms.bundle.Add)
+
+
+# -- brn (Ioffe 2017, Algorithm 1) --------------------------------------------------------
+def _brn(**kw):
+    layer = brn.BatchRenorm(4, momentum=0.2, **kw)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2)
+        layer.bias.normal_()
+    return layer
+
+
+def test_brn_schedule_is_bn_then_linear_ramps():
+    # Ioffe 2017 §4: r_max = 1, d_max = 0 for 5000 steps, r_max = 3 at 40k, d_max = 5 at 25k.
+    b = lambda t: brn.bounds(t, 3.0, 5.0, 5000, 40000, 25000)  # noqa: E731
+    assert b(0) == (1.0, 0.0) and b(5000) == (1.0, 0.0)
+    assert b(15000) == pytest.approx((1 + 2 * 10000 / 35000, 5 * 10000 / 20000))
+    assert b(25000) == pytest.approx((1 + 2 * 20000 / 35000, 5.0))
+    assert b(40000) == (3.0, 5.0) and b(10 ** 6) == (3.0, 5.0)
+    o = norms.get("brn", brn_r_max=2.0, brn_relax_start=0, brn_r_max_at=0, brn_d_max_at=10).norm(4)
+    assert o.current_bounds() == (2.0, 0.0)
+    o(torch.randn(4, 4))
+    assert int(o.num_batches_tracked) == 1 and o.current_bounds() == (2.0, 0.5)
+    with pytest.raises(UsageError):
+        norms.get("brn", brn_relax_start=100, brn_r_max_at=50)
+    layer = norms.get("brn").norm(4)  # the forward's on-device bounds follow the same schedule
+    for t in (0, 4999, 5000, 5001, 15000, 25000, 39999, 40000, 90000):
+        layer.num_batches_tracked.fill_(t)
+        assert [float(v) for v in layer._bounds_tensor()] == pytest.approx(list(b(t))), t
+
+
+def test_brn_with_unit_bounds_is_batchnorm():
+    x = torch.randn(6, 4, 3, 3) * 3 + 1
+    layer = _brn()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = layer(x1)
+    ref = F.batch_norm(x2, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    y.backward(g), ref.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_brn_forward_gradient_and_moving_averages_follow_algorithm_1():
+    layer = _brn(r_max=1.5, d_max=0.3, relax_start=0, r_max_at=0, d_max_at=0)
+    mu0, sigma0 = torch.tensor([0.0, 1.0, -1.0, 3.0]), torch.tensor([1.0, 0.5, 4.0, 2.0])
+    with torch.no_grad():
+        layer.running_mean.copy_(mu0)
+        layer.running_std.copy_(sigma0)
+    x = (torch.randn(8, 4, 2, 2) * torch.tensor([1.0, 2.0, 1.0, 0.5]).view(1, 4, 1, 1)).requires_grad_()
+    y = layer(x)
+    # Algorithm 1 by hand, r and d as constants
+    xd = x.detach()
+    mean = xd.mean((0, 2, 3))
+    std = torch.sqrt(xd.var((0, 2, 3), unbiased=False) + layer.eps)
+    r = (std / sigma0).clamp(1 / 1.5, 1.5)
+    d = ((mean - mu0) / sigma0).clamp(-0.3, 0.3)
+    assert (r == 1.5).any() and (r < 1.5).any() and (d.abs() == 0.3).any()  # the clipping is exercised
+    v = lambda t: t.view(1, 4, 1, 1)  # noqa: E731
+    xr = x.detach().clone().requires_grad_()
+    mean_r = xr.mean((0, 2, 3))
+    std_r = torch.sqrt(xr.var((0, 2, 3), unbiased=False) + layer.eps)
+    ref = v(layer.weight.detach()) * ((xr - v(mean_r)) / v(std_r) * v(r) + v(d)) + v(layer.bias.detach())
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    y.backward(g), ref.backward(g)
+    torch.testing.assert_close(x.grad, xr.grad)  # no gradient through r and d
+    # moving averages of the mean and of the *standard deviation*, updated after r and d were taken
+    torch.testing.assert_close(layer.running_mean, 0.8 * mu0 + 0.2 * mean)
+    torch.testing.assert_close(layer.running_std, 0.8 * sigma0 + 0.2 * std)
+    layer.eval()
+    xe = torch.randn(3, 4, 2, 2)
+    expected = v(layer.weight) * (xe - v(layer.running_mean)) / v(layer.running_std) + v(layer.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(xe), expected)
+    assert int(layer.num_batches_tracked) == 1  # eval forwards do not advance the schedule
+    assert isinstance(norms.get("brn").norm(8, dims=1), brn.BatchRenorm) and norms.get("brn").conv(3, 8, 3).bias is None
+
+
+# -- mobn-wn (Salimans & Kingma 2016 §3.2) --------------------------------------------------
+def test_mobn_wn_is_wn_then_mean_only_batch_norm():
+    bundle = norms.get("mobn-wn", momentum=0.25)
+    conv, bn = bundle.conv(3, 6, 3), bundle.norm(6)
+    assert conv.bias is None and isinstance(conv, wn.WNConv2d) and conv.gain is not None
+    assert bundle.conv(3, 6, 1, bias=True, last=True).bias is not None
+    with torch.no_grad():
+        conv.gain.uniform_(0.5, 2)
+        bn.bias.normal_()
+    x = torch.randn(5, 3, 6, 6) * 2 + 1
+    t = conv(x)
+    v = conv.weight.detach()
+    w = conv.gain.detach().view(6, 1, 1, 1) * v / (v.flatten(1).norm(dim=1) + 1e-5).view(6, 1, 1, 1)
+    torch.testing.assert_close(t, F.conv2d(x, w))
+    y = bn(t)
+    mean = t.detach().mean((0, 2, 3))
+    torch.testing.assert_close(y, t - mean.view(1, 6, 1, 1) + bn.bias.view(1, 6, 1, 1))
+    torch.testing.assert_close(y.mean((0, 2, 3)), bn.bias.detach(), atol=1e-5, rtol=0)  # centred, then shifted by b
+    assert (y.std((0, 2, 3)) - t.std((0, 2, 3))).abs().max() < 1e-4  # not divided by the std
+    torch.testing.assert_close(bn.running_mean, 0.25 * mean)
+    bn.eval()
+    torch.testing.assert_close(bn(t), t - 0.25 * mean.view(1, 6, 1, 1) + bn.bias.view(1, 6, 1, 1))
+    xl = torch.randn(7, 6)
+    lin_bn = bundle.norm(6, dims=1)
+    torch.testing.assert_close(lin_bn(xl), xl - xl.mean(0))
+
+
+# -- cwn (Huang et al. 2017) ----------------------------------------------------------------
+def test_cwn_weight_is_centred_unit_norm_times_gain():
+    conv = norms.get("cwn").conv(4, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(6, 1, 1, 1) * 3).add_(torch.randn(6, 1, 1, 1))
+        conv.gain.uniform_(0.5, 2)
+    v = conv.weight.detach().flatten(1)
+    centred = v - v.mean(1, keepdim=True)
+    w = conv.gain.detach()[:, None] * centred / (centred.norm(dim=1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(conv.effective_weight().detach().flatten(1), w)
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(conv(x), F.conv2d(x, w.view(6, 4, 3, 3), conv.bias, padding=1))
+    w1 = cwn.CWNLinear(20, 5, eps=0.0).effective_weight().detach()
+    torch.testing.assert_close(w1.mean(1), torch.zeros(5), atol=1e-7, rtol=0)       # zero mean
+    torch.testing.assert_close(w1.norm(dim=1), torch.ones(5))                         # unit norm (g = 1)
+    raw = ws.WSLinear(20, 5, eps=0.0)
+    with torch.no_grad():
+        raw.weight.copy_(cwn.CWNLinear(20, 5).weight)
+    # the same direction as WS, 1/sqrt(d) of its unit-variance scale
+    lin = cwn.CWNLinear(20, 5, eps=0.0)
+    with torch.no_grad():
+        lin.weight.copy_(raw.weight)
+    torch.testing.assert_close(lin.effective_weight(), raw.effective_weight() / math.sqrt(20))
+    assert isinstance(norms.get("cwn").norm(6), nn.Identity) and norms.get("cwn").linear(3, 2).bias is not None
+
+
+def test_cwn_gradient_is_orthogonal_to_ones_and_to_v():
+    # w(v) is invariant to v + c 1 and to a (v - mean) scaling, so dL/dv is orthogonal to 1 and to v.
+    lin = cwn.CWNLinear(12, 4, eps=0.0)
+    lin(torch.randn(9, 12)).pow(3).sum().backward()
+    g, v = lin.weight.grad, lin.weight.detach()
+    assert g.abs().max() > 1e-3
+    assert (g.sum(1).abs() / g.norm(dim=1)).max() < 1e-5
+    assert ((g * v).sum(1).abs() / (g.norm(dim=1) * v.norm(dim=1))).max() < 1e-5
+
+
+# -- gn-wn (Qiao et al. Table 2 "GN+WN") ----------------------------------------------------
+def test_gn_wn_is_wn_conv_then_groupnorm():
+    bundle = norms.get("gn-wn", groups=2)
+    conv, gn_layer = bundle.conv(3, 8, 3), bundle.norm(8)
+    assert isinstance(conv, wn.WNConv2d) and conv.bias is None and isinstance(gn_layer, nn.GroupNorm)
+    assert gn_layer.num_groups == 2
+    x = torch.randn(3, 3, 6, 6)
+    v = conv.weight.detach()
+    w = v / (v.flatten(1).norm(dim=1) + 1e-5).view(8, 1, 1, 1)
+    torch.testing.assert_close(gn_layer(conv(x)), F.group_norm(F.conv2d(x, w), 2, gn_layer.weight, gn_layer.bias))
+
+
+# -- frn (Singh & Krishnan 2020 eqs. 1-4) ---------------------------------------------------
+def test_frn_is_eqs_1_to_3_per_sample_and_channel_and_tlu_is_eq_4():
+    bundle = norms.get("frn")
+    layer, tlu = bundle.norm_act(6)
+    assert isinstance(layer, frn.FilterResponseNorm) and isinstance(tlu, trelu_wn.TReLU)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2)
+        layer.bias.normal_()
+        tlu.a.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 6, 5, 5) * 3 + 1
+    nu2 = x.square().mean((2, 3), keepdim=True)                                            # eq. 1
+    y = layer.weight.view(1, 6, 1, 1) * x / torch.sqrt(nu2 + 1e-5) + layer.bias.view(1, 6, 1, 1)  # eqs. 2-3
+    torch.testing.assert_close(layer(x), y)
+    torch.testing.assert_close(tlu(layer(x)), torch.maximum(y, tlu.a.view(1, 6, 1, 1)))   # eq. 4
+    torch.testing.assert_close(layer(x[1:2]), layer(x)[1:2])  # no batch dependence
+    assert bundle.conv(3, 6, 3).bias is None and isinstance(bundle.act(6), trelu_wn.TReLU)
+    xl = torch.randn(5, 6)                               # (N, C): a 1x1 map, x / sqrt(x^2 + eps)
+    lin_layer = bundle.norm(6, dims=1)
+    torch.testing.assert_close(lin_layer(xl), xl / torch.sqrt(xl.square() + 1e-5))
+
+
+def test_frn_learned_eps():
+    layer = norms.get("frn", frn_learn_eps=True, eps=1e-6).norm(3)
+    torch.testing.assert_close(layer.eps_l.detach(), torch.tensor(1e-4))
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(layer(x), x / torch.sqrt(x.square() + 1e-6 + 1e-4))  # eps = 1e-6 + |eps_l|
+    with torch.no_grad():
+        layer.eps_l.fill_(-0.5)
+    torch.testing.assert_close(layer(x), x / torch.sqrt(x.square() + 1e-6 + 0.5))
+    layer(x).sum().backward()
+    assert layer.eps_l.grad is not None and layer.eps_l.grad != 0
+    assert norms.get("frn").norm(3).eps_l is None
+
+
+# -- evonorm (Liu et al. 2020) --------------------------------------------------------------
+def _evo_params(layer):
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2)
+        layer.bias.normal_()
+        layer.v.uniform_(-1, 2)
+    return layer
+
+
+def test_evonorm_b0_definition_running_var_and_eval():
+    bundle = norms.get("evonorm-b0", momentum=0.3)
+    layer, act = bundle.norm_act(4)
+    assert isinstance(layer, evonorm.EvoNormB0) and isinstance(act, nn.Identity)
+    _evo_params(layer)
+    x = torch.randn(6, 4, 3, 3) * 2 + 0.5
+    v = lambda t: t.view(1, 4, 1, 1)  # noqa: E731
+    batch_var = x.var((0, 2, 3), unbiased=False)
+    inst_std = torch.sqrt(x.var((2, 3), unbiased=False, keepdim=True) + 1e-5)
+    den = torch.maximum(v(torch.sqrt(batch_var + 1e-5)), v(layer.v.detach()) * x + inst_std)
+    expected = x / den * v(layer.weight.detach()) + v(layer.bias.detach())
+    y = layer(x)
+    torch.testing.assert_close(y, expected)
+    left_wins = v(torch.sqrt(batch_var + 1e-5)) > v(layer.v.detach()) * x + inst_std
+    assert left_wins.any() and (~left_wins).any()  # both branches of the max are exercised
+    n = 6 * 9
+    torch.testing.assert_close(layer.running_var, 0.7 + 0.3 * batch_var * n / (n - 1))
+    x2 = x.clone()
+    x2[0] *= 10
+    assert not torch.allclose(layer(x2)[1], y[1])  # training output depends on the other samples
+    layer.eval()
+    rv = layer.running_var
+    den_e = torch.maximum(v(torch.sqrt(rv + 1e-5)), v(layer.v.detach()) * x + inst_std)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x / den_e * v(layer.weight) + v(layer.bias))
+        torch.testing.assert_close(layer(x2)[1], layer(x)[1])  # eval: no batch dependence
+
+
+def test_evonorm_s0_definition_and_group_statistics():
+    bundle = norms.get("evonorm-s0", groups=2)
+    layer, act = bundle.norm_act(6)
+    assert isinstance(layer, evonorm.EvoNormS0) and isinstance(act, nn.Identity)
+    _evo_params(layer)
+    x = torch.randn(3, 6, 4, 4) * 2 + 0.5
+    v = lambda t: t.view(1, 6, 1, 1)  # noqa: E731
+    grouped = x.view(3, 2, 3, 4, 4)
+    std = torch.sqrt(grouped.var((2, 3, 4), unbiased=False, keepdim=True) + 1e-5).expand_as(grouped).reshape(x.shape)
+    expected = x * torch.sigmoid(v(layer.v.detach()) * x) / std * v(layer.weight.detach()) + v(layer.bias.detach())
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x[2:]), layer(x)[2:])  # no batch dependence
+    layer.eval()
+    torch.testing.assert_close(layer(x), expected)          # nor any train/eval difference
+    with pytest.raises(ValueError, match="C=10, groups=4"):
+        norms.get("evonorm-s0", groups=4).norm_act(10)
+
+
+@pytest.mark.parametrize("name", ["evonorm-b0", "evonorm-s0"])
+def test_evonorm_placement_follows_the_authors_resnet(name):
+    """A norm with no activation after it is the affine part alone (the authors' nonlinearity=False);
+    an activation with no norm before it stays ReLU (their tf.nn.relu after the residual addition)."""
+    bundle = norms.get(name, groups=2)
+    alone = bundle.norm(4)
+    assert alone.v is None and not alone.nonlinear
+    with torch.no_grad():
+        alone.weight.uniform_(0.5, 2)
+        alone.bias.normal_()
+    x = torch.randn(5, 4, 3, 3) * 3
+    torch.testing.assert_close(alone(x), x * alone.weight.view(1, 4, 1, 1) + alone.bias.view(1, 4, 1, 1))
+    assert isinstance(bundle.act(4), nn.ReLU)
+    assert bundle.conv(3, 4, 3).bias is None
+
+
+# -- residual-branch scalings (norms/residual.py) ------------------------------------------------
+def test_residual_scaling_coefficients():
+    L = 16
+    r2 = 1 / math.sqrt(2)
+    assert all(residual.coefficients("sqrt2", i, L) == pytest.approx((r2, r2)) for i in range(L))
+    for i in range(L):
+        a, b = residual.coefficients("rescale", i, L)
+        assert a ** 2 + b ** 2 == pytest.approx(1.0)
+        assert a == pytest.approx(math.sqrt((i + L - 1) / (i + L)))
+    # first block: the released RescaleNet code's identity sqrt((L-1)/L) and branch L^-1/2
+    assert residual.coefficients("rescale", 0, L) == pytest.approx((math.sqrt(15 / 16), 0.25))
+    assert residual.coefficients("depth", 3, L) == (1.0, 1 / 16)
+    assert residual.coefficients("depth", 3, L, power=0.5) == (1.0, 0.25)
+    assert residual.coefficients("skipinit", 3, L) == (1.0, 1.0)
+    assert residual.drop_rates(0.2, 4) == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    with pytest.raises(UsageError):
+        norms.get("bn", residual="fixup")
+
+
+def test_residual_join_composes_with_the_methods_join():
+    x, f = torch.randn(4, 3), torch.randn(4, 3)
+    plain = norms.get("bn", residual="rescale")
+    a, b = residual.coefficients("rescale", 2, 5)
+    torch.testing.assert_close(plain.residual_join(plain.residual(), 2, 5)(x, f), a * x + b * f)
+    npb = norms.get("normprop", residual="depth", residual_depth_power=0.5)  # on top of NormProp's /sqrt(2)
+    torch.testing.assert_close(npb.residual_join(npb.residual(), 0, 4)(x, f), (x + f / 2) / math.sqrt(2))
+    unchanged = norms.get("bn")
+    join = unchanged.residual()
+    assert unchanged.residual_join(join, 0, 4) is join  # nothing wrapped: state_dict keys stay as they are
+    skip = norms.get("gn", residual="skipinit")
+    sj = skip.residual_join(skip.residual(), 1, 4)
+    torch.testing.assert_close(sj(x, f), x)            # SkipInit/ReZero: every block starts as the identity
+    sj(x, f).sum().backward()
+    assert sj.skip.gain.grad is not None and sj.skip.gain.grad != 0
+    with torch.no_grad():
+        sj.skip.gain.fill_(0.5)
+    torch.testing.assert_close(sj(x, f), x + 0.5 * f)
+
+
+def test_stochastic_depth_expectation_and_deterministic_eval():
+    p, n = 0.3, 20000
+    join = residual.ResidualJoin(norms.bundle.Add(), drop_rate=p)
+    x, f = torch.zeros(n, 2), torch.ones(n, 2)
+    torch.manual_seed(0)
+    y = join(x, f)
+    kept = y[:, 0] != 0
+    assert torch.equal(y[:, 0], y[:, 1])  # a whole sample's branch is dropped or kept ("row" mode)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))  # kept branches scaled by 1/(1-p)
+    assert abs((~kept).float().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / n)
+    assert abs(y.mean().item() - 1.0) < 0.03        # the expectation is the branch
+    join.eval()
+    xe, fe = torch.randn(8, 3), torch.randn(8, 3)
+    torch.testing.assert_close(join(xe, fe), xe + fe)
+    torch.testing.assert_close(join(xe, fe), join(xe, fe))

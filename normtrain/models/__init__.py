@@ -54,20 +54,48 @@ def check_options(name: str, options: dict) -> None:
 
 
 def build(name: str, norm, num_classes: int, in_shape: Sequence[int] = (3, 224, 224),
-          init: str = "kaiming", **options) -> torch.nn.Module:
+          init: str = "kaiming", drop_path: float = 0.0, **options) -> torch.nn.Module:
     """Build network `name` with normalization `norm` (a method name or a bundle).
 
-    `init` is one of `SCHEMES`; `options` go to the network's builder
-    (e.g. ``dropout``, ``widths``); unknown options are an error.
+    `init` is one of `SCHEMES`; `drop_path` the stochastic-depth rate of
+    the last residual block (see `wire_residual_blocks`); `options` go to the
+    network's builder (e.g. ``dropout``, ``widths``); unknown options are an error.
     """
     from .. import norms
     from .init import initialize
     builder = NETWORKS[name]
     bundle = norms.get(norm) if isinstance(norm, str) else norm
     check_options(name, options)
+    if not 0.0 <= drop_path < 1.0:
+        raise UsageError(f"model.drop_path must be in [0, 1), got {drop_path}")
     model = builder(bundle, num_classes, tuple(in_shape), **options)
+    wire_residual_blocks(model, bundle, name, drop_path)
     initialize(model, init)
     return model
 
 
-__all__ = ["NETWORKS", "SCHEMES", "build", "check_options", "names", "initialize", "residual_blocks", "signal_prop"]
+def wire_residual_blocks(model: nn.Module, bundle, name: str, drop_path: float = 0.0) -> None:
+    """Give block i of the network's L residual blocks (forward order) its join: the method's join wrapped
+    with the ``norm.residual`` scaling for (i, L) and stochastic depth at rate drop_path * (i + 1) / L.
+
+    Done once here, from the network's structure (modules with a ``join``), so no network has to know
+    its depth or branch on a method. Without residual blocks only the defaults are accepted.
+    """
+    scaling = bundle.options.residual
+    if scaling == "none" and drop_path == 0:
+        return
+    from .signal import residual_blocks
+    blocks = residual_blocks(model)
+    if not blocks:
+        wanted = [s for s, on in ((f"norm.residual={scaling}", scaling != "none"),
+                                  (f"model.drop_path={drop_path}", drop_path > 0)) if on]
+        raise UsageError(f"{' and '.join(wanted)}: these act on residual blocks and model '{name}' has none "
+                         f"(use a ResNet, WRN or NF-ResNet, or keep norm.residual=none and model.drop_path=0)")
+    from ..norms.residual import drop_rates
+    rates = drop_rates(drop_path, len(blocks))
+    for i, (_, block) in enumerate(blocks):
+        block.join = bundle.residual_join(block.join, i, len(blocks), rates[i])
+
+
+__all__ = ["NETWORKS", "SCHEMES", "build", "check_options", "names", "initialize", "residual_blocks", "signal_prop",
+           "wire_residual_blocks"]

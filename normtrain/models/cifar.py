@@ -29,7 +29,7 @@ class Cifar10NV(nn.Module):
         def unit(cin, cout, k, pad, normed, last=False):
             # Layers without a norm after them keep Caffe's conv bias.
             conv = norm.conv(cin, cout, k, padding=pad, bias=None if normed else True, last=last)
-            return [conv, norm.norm(cout) if normed else nn.Identity(), norm.act(cout)]
+            return [conv, *(norm.norm_act(cout) if normed else (nn.Identity(), norm.act(cout)))]
 
         layers = (unit(c_in, 128, 3, 1, False) + unit(128, 128, 3, 1, False) + unit(128, 128, 3, 1, True)
                   + [nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)]

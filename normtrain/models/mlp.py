@@ -24,7 +24,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         prev = math.prod(in_shape)
         for w in widths:
-            layers += [norm.linear(prev, w), norm.norm(w, dims=1), norm.act(w)]
+            layers += [norm.linear(prev, w), *norm.norm_act(w, dims=1)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             prev = w

@@ -42,8 +42,11 @@ pre-activation (the stem already ends with norm-act-maxpool); the projection
 shortcut is a plain 1x1 conv (He 2016b); a final norm + act precede the pool.
 
 Every residual join is ``norm.residual()`` (NormProp's /sqrt(2) modification
-lives there); the classifier is ``norm.linear(..., last=True)``; ``dropout``
-is applied to the pooled features before the classifier.
+lives there; `models.build` wraps it with the ``norm.residual`` scaling and
+``model.drop_path``); a norm directly followed by its activation is one
+``norm.norm_act(...)`` call (EvoNorm fuses the pair); the classifier is
+``norm.linear(..., last=True)``; ``dropout`` is applied to the pooled features
+before the classifier.
 """
 from __future__ import annotations
 
@@ -66,8 +69,7 @@ class BasicBlock(nn.Module):
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
         self.conv1 = norm.conv(inplanes, planes, 3, stride=stride, padding=1)
-        self.bn1 = norm.norm(planes)
-        self.relu1 = norm.act(planes)
+        self.bn1, self.relu1 = norm.norm_act(planes)
         self.conv2 = norm.conv(planes, planes, 3, padding=1)
         self.bn2 = norm.norm(planes)
         self.downsample = downsample
@@ -94,11 +96,9 @@ class Bottleneck(nn.Module):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = norm.conv(inplanes, width, 1)
-        self.bn1 = norm.norm(width)
-        self.relu1 = norm.act(width)
+        self.bn1, self.relu1 = norm.norm_act(width)
         self.conv2 = norm.conv(width, width, 3, stride=stride, padding=1, groups=groups)
-        self.bn2 = norm.norm(width)
-        self.relu2 = norm.act(width)
+        self.bn2, self.relu2 = norm.norm_act(width)
         self.conv3 = norm.conv(width, planes * self.expansion, 1)
         self.bn3 = norm.norm(planes * self.expansion)
         self.downsample = downsample
@@ -137,8 +137,7 @@ class ResNet(nn.Module):
         self.inplanes = 64
         self.groups, self.base_width = groups, width_per_group
         self.conv1 = norm.conv(in_shape[0], 64, 7, stride=2, padding=3)
-        self.bn1 = norm.norm(64)
-        self.relu = norm.act(64)
+        self.bn1, self.relu = norm.norm_act(64)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(norm, block, 64, layers[0])
         self.layer2 = self._make_layer(norm, block, 128, layers[1], stride=2)
@@ -181,7 +180,7 @@ class PreActBottleneck(nn.Module):
     def __init__(self, norm: Normalizer, inplanes: int, planes: int, stride: int = 1,
                  project: bool = False, no_preact: bool = False):
         super().__init__()
-        preact = [] if no_preact else [norm.norm(inplanes), norm.act(inplanes)]
+        preact = [] if no_preact else list(norm.norm_act(inplanes))
         if project:
             # The pre-activation is shared by the projection and the residual branch.
             self.preact = nn.Sequential(*preact)
@@ -193,8 +192,8 @@ class PreActBottleneck(nn.Module):
         self.downsample = norm.conv(inplanes, out, 1, stride=stride) if project else nn.Identity()
         self.residual_branch = nn.Sequential(
             *residual_preact,
-            norm.conv(inplanes, planes, 1), norm.norm(planes), norm.act(planes),
-            norm.conv(planes, planes, 3, stride=stride, padding=1), norm.norm(planes), norm.act(planes),
+            norm.conv(inplanes, planes, 1), *norm.norm_act(planes),
+            norm.conv(planes, planes, 3, stride=stride, padding=1), *norm.norm_act(planes),
             norm.conv(planes, out, 1),
         )
         self.join = norm.residual()
@@ -211,7 +210,7 @@ class PreActResNet(nn.Module):
         block = PreActBottleneck
         self.inplanes = 64
         self.stem = nn.Sequential(
-            norm.conv(in_shape[0], 64, 7, stride=2, padding=3), norm.norm(64), norm.act(64),
+            norm.conv(in_shape[0], 64, 7, stride=2, padding=3), *norm.norm_act(64),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
         self.layer1 = self._make_layer(norm, block, 64, layers[0], no_preact=True)
@@ -219,7 +218,7 @@ class PreActResNet(nn.Module):
         self.layer3 = self._make_layer(norm, block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(norm, block, 512, layers[3], stride=2)
         c = 512 * block.expansion
-        self.final = nn.Sequential(norm.norm(c), norm.act(c))
+        self.final = nn.Sequential(*norm.norm_act(c))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(c, num_classes, bias=True, last=True)
@@ -251,8 +250,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.inplanes = 16
         self.conv1 = norm.conv(in_shape[0], 16, 3, padding=1)
-        self.bn1 = norm.norm(16)
-        self.relu = norm.act(16)
+        self.bn1, self.relu = norm.norm_act(16)
         self.layer1 = self._make_layer(norm, 16, n)
         self.layer2 = self._make_layer(norm, 32, n, stride=2)
         self.layer3 = self._make_layer(norm, 64, n, stride=2)
@@ -282,11 +280,9 @@ class WideBasic(nn.Module):
     def __init__(self, norm: Normalizer, inplanes: int, planes: int, stride: int = 1,
                  block_dropout: float = 0.0):
         super().__init__()
-        self.bn1 = norm.norm(inplanes)
-        self.relu1 = norm.act(inplanes)
+        self.bn1, self.relu1 = norm.norm_act(inplanes)
         self.conv1 = norm.conv(inplanes, planes, 3, stride=stride, padding=1)
-        self.bn2 = norm.norm(planes)
-        self.relu2 = norm.act(planes)
+        self.bn2, self.relu2 = norm.norm_act(planes)
         self.dropout = nn.Dropout(block_dropout) if block_dropout > 0 else nn.Identity()
         self.conv2 = norm.conv(planes, planes, 3, padding=1)
         project = stride != 1 or inplanes != planes
@@ -317,8 +313,7 @@ class WideResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             cin = w
         self.layer1, self.layer2, self.layer3 = stages
-        self.bn = norm.norm(widths[3])
-        self.relu = norm.act(widths[3])
+        self.bn, self.relu = norm.norm_act(widths[3])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(widths[3], num_classes, bias=True, last=True)

@@ -15,7 +15,6 @@ import dataclasses
 from ..errors import UsageError
 from ..registry import Registry, lazy_getattr
 from .options import NormOptions
-from .step_weights import micro_batches
 
 # name -> "module:builder" in this folder, imported on first use (the methods import torch).
 METHODS = Registry("norm", {
@@ -34,10 +33,17 @@ METHODS = Registry("norm", {
     "ghost": "ghost:build",
     "seqnorm": "seqnorm:build",
     "nf": "nf:build",
+    "brn": "brn:build",
+    "mobn-wn": "mobn_wn:build",
+    "cwn": "cwn:build",
+    "gn-wn": "gn_wn:build",
+    "frn": "frn:build",
+    "evonorm-b0": "evonorm:build_b0",
+    "evonorm-s0": "evonorm:build_s0",
 }, __name__)
 
 # The bundle and the method modules import torch: loaded when first asked for.
-__getattr__ = lazy_getattr(__name__, {"Normalizer": "bundle", "data_init": "bundle"})
+__getattr__ = lazy_getattr(__name__, {"Normalizer": "bundle", "data_init": "bundle", "micro_batches": "step_weights"})
 
 
 def names() -> list[str]:

@@ -12,14 +12,26 @@ Contract for networks (what each call means):
   methods: no bias, since the norm's shift replaces it; weight methods: a bias);
   ``True``/``False`` is the architecture's choice for layers with no norm after
   them. Methods whose definition fixes the bias (trelu-wn hidden layers) may
-  override it. ``last=True`` marks the network's output layer.
+  override it. ``last=True`` marks the network's output layer: the module built
+  with it carries ``is_output_layer = True`` (set here for every method, see
+  `output_layers`), which is how AGC leaves the classifier alone.
 - ``linear(in_features, out_features, bias=None, last=False)``: same for dense layers.
 - ``norm(num_features, dims=2)``: the activation normalization placed after a
-  conv (``dims=2``, input N,C,H,W) or a linear layer (``dims=1``, input N,C).
-  Identity for weight-normalization methods.
-- ``act(num_features)``: the non-linearity (ReLU, TReLU, NormProp's shifted and
-  scaled ReLU, NF's gamma-scaled ReLU).
+  conv (``dims=2``, input N,C,H,W) or a linear layer (``dims=1``, input N,C)
+  where no activation follows it (the last norm of a post-activation residual
+  block, a projection shortcut). Identity for weight-normalization methods.
+- ``act(num_features)``: the non-linearity where no norm precedes it (after a
+  residual join, unnormalized layers): ReLU, TReLU, NormProp's shifted and scaled
+  ReLU, NF's gamma-scaled ReLU.
+- ``norm_act(num_features, dims=2) -> (norm, act)``: a norm directly followed by
+  the activation. By default ``(norm(...), act(...))``; fused
+  normalization-activation layers (EvoNorm) return ``(layer, Identity)``, so a
+  network always builds the pair through this call.
 - ``residual()``: a module ``(shortcut, branch) -> output`` joining a residual block.
+- ``residual_join(inner, index, depth, drop_rate=0.0)``: ``inner`` (a join built by
+  ``residual()``) with the ``norm.residual`` branch scaling of block ``index`` of
+  ``depth`` and stochastic depth around it (`residual.wrap`); `models.build` applies
+  it to every block, so networks only call ``residual()``.
 - ``nf_alpha``, ``nf_skip_gain``: the NF-ResNet block constants (alpha, initial skip gain).
 
 And one fact for the engine (never for networks): ``channels_last_ok``, whether
@@ -29,10 +41,34 @@ the GroupNorm family says False and stays NCHW unless the model is compiled.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
 from .options import NormOptions
+
+#: Attribute set on the module a bundle builds with ``last=True`` (the network's output layer).
+OUTPUT_LAYER = "is_output_layer"
+
+
+def _marks_output(build):
+    """Wrap a ``conv``/``linear`` builder so that the module it builds with ``last=True`` is marked."""
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def wrapper(self, *args, **kwargs):
+        module = build(self, *args, **kwargs)
+        if signature.bind(self, *args, **kwargs).arguments.get("last", False):
+            setattr(module, OUTPUT_LAYER, True)
+        return module
+    return wrapper
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` that a bundle built with ``last=True`` (the classifier), whatever their names."""
+    return [m for m in model.modules() if getattr(m, OUTPUT_LAYER, False)]
 
 
 class Add(nn.Module):
@@ -51,6 +87,13 @@ class Normalizer:
     #: channels_last is the fast layout for this method's kernels on CUDA (see the module docstring).
     channels_last_ok = True
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every method's conv/linear marks its output layer, without each method having to.
+        for builder in ("conv", "linear"):
+            if builder in cls.__dict__:
+                setattr(cls, builder, _marks_output(cls.__dict__[builder]))
+
     def __init__(self, options: NormOptions | None = None):
         self.options = options or NormOptions()
 
@@ -58,11 +101,13 @@ class Normalizer:
     def _bias(self, bias: bool | None) -> bool:
         return self.default_bias if bias is None else bias
 
+    @_marks_output
     def conv(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
              groups: int = 1, bias: bool | None = None, last: bool = False) -> nn.Module:
         return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding,
                          groups=groups, bias=self._bias(bias))
 
+    @_marks_output
     def linear(self, in_features: int, out_features: int, bias: bool | None = None,
                last: bool = False) -> nn.Module:
         return nn.Linear(in_features, out_features, bias=self._bias(bias))
@@ -73,9 +118,17 @@ class Normalizer:
     def act(self, num_features: int) -> nn.Module:
         return nn.ReLU(inplace=True)
 
+    def norm_act(self, num_features: int, dims: int = 2) -> tuple[nn.Module, nn.Module]:
+        return self.norm(num_features, dims), self.act(num_features)
+
     # -- block-level hooks ----------------------------------------------------
     def residual(self) -> nn.Module:
         return Add()
+
+    def residual_join(self, inner: nn.Module, index: int, depth: int, drop_rate: float = 0.0) -> nn.Module:
+        from . import residual  # not at the top: residual -> nf -> bundle
+        return residual.wrap(inner, self.options.residual, index, depth, self.options.residual_depth_power,
+                             drop_rate)
 
     @property
     def nf_alpha(self) -> float:
