@@ -147,7 +147,8 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
     try:
         with torch.device("meta"):
             net = models.build(recipe.model.name, bundle, num_classes, in_shape, init="default",
-                               dropout=recipe.model.dropout, **recipe.model.options)
+                               drop_path=recipe.model.drop_path, dropout=recipe.model.dropout,
+                               **recipe.model.options)
             net.train()
             traced = max(micro, 2)
             # The forward, counting every layer's output as it goes (activations scale with the batch).
