@@ -19,7 +19,14 @@ Contract for networks (what each call means):
   Identity for weight-normalization methods.
 - ``act(num_features)``: the non-linearity (ReLU, TReLU, NormProp's shifted and
   scaled ReLU, NF's gamma-scaled ReLU).
-- ``residual()``: a module ``(shortcut, branch) -> output`` joining a residual block.
+- ``residual(num_features=None)``: a module ``(shortcut, branch) -> output`` joining a
+  residual block whose tensors have ``num_features`` channels. Networks pass the
+  channel count; methods with per-channel join parameters (trelu-wn's weighted
+  addition) need it, the others ignore it.
+- ``output(num_features)``: a module applied to the network's output (N,
+  num_features), after the output layer (``last=True``) and whatever the
+  architecture puts after it (cifar10-nv's final ReLU and pooling). The identity
+  except for trelu-wn, whose scale and bias of the last layer live here.
 - ``nf_alpha``, ``nf_skip_gain``: the NF-ResNet block constants (alpha, initial skip gain).
 """
 from __future__ import annotations
@@ -67,8 +74,11 @@ class Normalizer:
         return nn.ReLU(inplace=True)
 
     # -- block-level hooks ----------------------------------------------------
-    def residual(self) -> nn.Module:
+    def residual(self, num_features: int | None = None) -> nn.Module:
         return Add()
+
+    def output(self, num_features: int) -> nn.Module:
+        return nn.Identity()
 
     @property
     def nf_alpha(self) -> float:
