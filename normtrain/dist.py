@@ -4,7 +4,9 @@
   `torchrun` does), passing the multi-node options through;
 - `setup()` turns the current process into a worker: one process = one rank,
   NCCL on GPU, gloo on CPU; without torchrun variables it is a world of one;
-- small collectives the engine needs (`all_sum`, `any_true`, `barrier`) and DDP wrapping.
+- small collectives the engine needs (`all_sum`, `any_true`, `barrier`) and DDP wrapping;
+- `spawn(fn, n)` runs a function in n fresh local CPU processes joined in one gloo group
+  and returns their results (experiments inside one command, e.g. a scenario).
 Rank 0 alone prints, logs and writes (`Dist.main`).
 """
 from __future__ import annotations
@@ -182,3 +184,77 @@ def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src=0)
+
+
+# -- a local process group inside one command ----------------------------------------
+
+def _spawned(fn, rank: int, world: int, port: int, payload: bytes, queue) -> None:
+    """Body of one `spawn` process: join the gloo group, run fn, report, leave."""
+    import pickle
+    import traceback
+    torch.set_num_threads(1)  # n processes share the machine's cores
+    ok = False
+    try:
+        store = dist.PrefixStore("normtrain/spawn", dist.TCPStore("127.0.0.1", port, is_master=False,
+                                                                  timeout=timedelta(minutes=5)))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(minutes=10))
+        result = fn(Dist(rank=rank, world=world, local_rank=rank, device=torch.device("cpu")), *pickle.loads(payload))
+        # Plain pickle bytes: tensors travel by value, not as shared memory that dies with this process.
+        queue.put((rank, True, pickle.dumps(result)))
+        ok = True
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        queue.put((rank, False, traceback.format_exc()))
+    finally:
+        teardown(clean=ok)
+
+
+def spawn(fn, nprocs: int, args: tuple = (), timeout_s: float = 600.0) -> list:
+    """Run ``fn(d, *args)`` in `nprocs` new local CPU processes in one gloo group; their results in rank order.
+
+    `d` is each process's `Dist` (rank, world, device cpu), so `wrap(model, d)` gives real DDP.
+    The calling process holds the rendezvous store on a port the OS picks (no clash with other
+    runs) and takes no part in the group. `fn` must be a module-level function and its arguments
+    and result picklable. A rank that raises, dies or outlives `timeout_s` raises RuntimeError here
+    (with that rank's traceback), after the other processes are stopped.
+    """
+    import multiprocessing as mp
+    import pickle
+    import queue as queue_mod
+    import time
+
+    if nprocs < 1:
+        raise ValueError("spawn: nprocs must be >= 1")
+    ctx = mp.get_context("spawn")
+    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, timeout=timedelta(minutes=5), wait_for_workers=False)
+    results: queue_mod.Queue = ctx.Queue()
+    payload = pickle.dumps(tuple(args))
+    procs = [ctx.Process(target=_spawned, args=(fn, r, nprocs, store.port, payload, results), daemon=True)
+             for r in range(nprocs)]
+    for p in procs:
+        p.start()
+    out: dict = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < nprocs:
+            try:
+                rank, ok, value = results.get(timeout=0.5)
+            except queue_mod.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in out and p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"spawn: rank {dead[0]} exited with code {procs[dead[0]].exitcode}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"spawn: ranks {sorted(set(range(nprocs)) - set(out))} did not finish "
+                                       f"within {timeout_s:g}s") from None
+                continue
+            if not ok:
+                raise RuntimeError(f"spawn: rank {rank} failed:\n{value}")
+            out[rank] = pickle.loads(value)
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+        del store
+    return [out[r] for r in range(nprocs)]
