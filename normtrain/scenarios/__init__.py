@@ -20,8 +20,8 @@ import argparse
 from .. import config
 from ..errors import UsageError
 from ..registry import Registry
-from . import (bn_cost, common, ghost_example, linear50_wn, loss_landscape, normprop_residual, output_norms,
-               signal_prop, ws_gradients)
+from . import (bn_cost, common, ghost_equivalence, ghost_example, linear50_wn, loss_landscape, nf_ablation,
+               normprop_residual, output_norms, signal_prop, wn_generalization, ws_curves, ws_gradients)
 
 SCENARIOS = Registry("scenario", {
     "linear50-wn": linear50_wn,
@@ -32,6 +32,10 @@ SCENARIOS = Registry("scenario", {
     "ghost-example": ghost_example,
     "ws-gradients": ws_gradients,
     "bn-cost": bn_cost,
+    "wn-generalization": wn_generalization,
+    "ghost-equivalence": ghost_equivalence,
+    "ws-curves": ws_curves,
+    "nf-ablation": nf_ablation,
 })
 
 
