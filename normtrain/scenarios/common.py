@@ -19,7 +19,8 @@ leaves nothing behind): ``results.json`` with ``scenario``, ``params``,
 ``measurements`` (including the raw per-run / per-seed numbers behind the
 verdict) and ``verdict`` (``claim``, ``criterion``, ``measured``,
 ``reproduced``, ``headline``: one short line with the key number, used in the
-plots' titles and the README table), PNG plots (`plotting`, `figure`,
+plots' titles and the README table), ``runtime_s`` (wall) and ``cpu_s`` (CPU
+time, which does not depend on what else runs on the machine), PNG plots (`plotting`, `figure`,
 `Context.savefig`: at least 1200 px wide, the verdict in the title), and
 TensorBoard scalars under ``tb/``. Non-finite numbers are written to JSON as ``null``.
 """
@@ -187,6 +188,19 @@ def truncated_cmap(plt, name: str, lo: float, hi: float):
     return ListedColormap(plt.get_cmap(name)(np.linspace(lo, hi, 256)))
 
 
+def log_if_wide(ax, values, span: float = 20.0) -> None:
+    """Log y axis when the positive values span more than `span`x, else linear (readable ticks for narrow ranges)."""
+    vals = [v for v in finite_or_nan(values) if v > 0]
+    if vals and max(vals) / min(vals) > span:
+        ax.set_yscale("log")
+
+
+def integer_x(ax) -> None:
+    """Integer ticks on the x axis (steps, blocks)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def finite_or_nan(values) -> list[float]:
     """Values for plotting: None and non-finite -> nan (a gap in the line)."""
     return [float(v) if v is not None and math.isfinite(float(v)) else float("nan") for v in values]
@@ -195,6 +209,16 @@ def finite_or_nan(values) -> list[float]:
 def positive_or_nan(values) -> list[float]:
     """For log axes: also non-positive -> nan."""
     return [v if v > 0 else float("nan") for v in finite_or_nan(values)]
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children (e.g. `dist.spawn` workers).
+
+    Unlike the wall time it does not grow when other jobs share the machine.
+    """
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @contextlib.contextmanager
@@ -221,6 +245,7 @@ class Context:
         self._tb = None
         self._prepared = False
         self.t0 = time.perf_counter()
+        self.cpu0 = cpu_seconds()
         if params.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("device=cuda but no GPU is visible")
         self.device = torch.device("cuda" if params.device == "cuda" or
@@ -302,6 +327,7 @@ class Context:
             "verdict": verdict,
             "plots": list(self.figures),
             "runtime_s": round(time.perf_counter() - self.t0, 2),
+            "cpu_s": round(cpu_seconds() - self.cpu0, 2),
         }
         atomic_write_text(self.path("results.json"), json.dumps(res, indent=1) + "\n")
         if self._tb is not None:

@@ -1,4 +1,4 @@
-"""NF-ResNet pieces removed one at a time, and BN before vs after ReLU, in signal-propagation plots (Hoedt blog).
+"""NF-ResNet pieces removed one at a time, and BN before vs after ReLU, in SPPs (Hoedt blog Fig. 4-5).
 
 Hoedt, Hochreiter & Klambauer 2022 (blog, "Imitating Signal Propagation" and
 "Performance", Fig. 4-5), after Brock et al. 2021a. Notation of Brock et al.

@@ -1,4 +1,4 @@
-"""NormProp ResNet trains only with the residual modification, and even then fails at large learning rates; BN trains.
+"""NormProp ResNet trains only with the residual modification, and fails at large rates where BN trains (G&G §4.2).
 
 Gitman & Ginsburg 2017 §4.2: "Training with normalization propagation required a
 modification of the original algorithm to work with residual connections to

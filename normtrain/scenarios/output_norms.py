@@ -1,4 +1,4 @@
-"""The output norm of a WN network's last block drifts relative to its first layer; BN's stays (Gitman & Ginsburg Fig. 4).
+"""WN's last-block output norm drifts against its first layer's during training; BN's does not (G&G Fig. 4).
 
 Gitman & Ginsburg 2017 §5 and Fig. 4 ("Norm of the output for the first and
 last layers of ResNet-50 with WN training"): "weight normalization fails to fix
@@ -146,7 +146,7 @@ def plot(ctx, p: Params, curves: dict, v: dict, model: str) -> None:
             ax.set_title(f"{model}: {title}")
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("mean per-sample L2 norm")
-            ax.set_yscale("log")
+            common.log_if_wide(ax, [x for c in curves.values() for x in c[key]])
             ax.legend()
         ax = axes[1][0]
         for m, c in curves.items():

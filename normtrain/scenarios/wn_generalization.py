@@ -1,4 +1,4 @@
-"""WN trains to a lower loss than BN but tests worse, and dropout or more weight decay does not close the gap.
+"""WN trains lower than BN but tests worse; dropout or more weight decay does not close the gap (G&G §4.2).
 
 Gitman & Ginsburg 2017 abstract and §4.2: "although WN achieves better
 *training* accuracy, the final *test* accuracy is significantly lower (≈ 6%)
@@ -113,8 +113,10 @@ def verdict(res: dict, methods: list[str]) -> dict:
             f"(lower: {yes(ok[1])}); with dropout {common.pm(res[m + '+dropout']['test_top1'])} (still lower: "
             f"{yes(ok[2])}); with more weight decay {common.pm(res[m + '+wd']['test_top1'])} (still lower: "
             f"{yes(ok[3])})")
-        heads.append(f"{m} test top-1 {te['gap']:+.2g} pts below BN ({'shown' if ok[1] else 'not shown'}), train "
-                     f"loss {common.mean_std(res[m]['train_loss'])[0]:.3g} vs {common.mean_std(bn['train_loss'])[0]:.3g}")
+        heads.append(f"{m} train loss {common.mean_std(res[m]['train_loss'])[0]:.3g} vs BN's "
+                     f"{common.mean_std(bn['train_loss'])[0]:.3g} ({'lower' if ok[0] else 'not lower'}); test top-1 "
+                     f"{te['gap']:.2g} points below BN's ({'shown' if ok[1] else 'not shown'}), still below with "
+                     f"dropout / more weight decay: {yes(ok[2])} / {yes(ok[3])}")
     return common.verdict(CLAIM, criterion, "; ".join(texts) + ".", all(parts), "; ".join(heads))
 
 

@@ -1,4 +1,4 @@
-"""WS training curves: GN < GN + eq. 6 < GN + eq. 5 < GN + WS, the major gain from centering (WS paper Fig. 4 left/middle).
+"""WS training curves: GN, GN + eq. 6, GN + eq. 5, GN + WS in that order of loss (WS paper Fig. 4 left/middle).
 
 Qiao et al. 2019 §2.3, Fig. 4 (left and middle: "Training ResNet-50 on ImageNet
 with GN, Eq. 5 and 6 ... the training dynamics"): "we train four models,
