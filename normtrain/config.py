@@ -285,7 +285,7 @@ class LogConfig:
     every_steps: int = 10
     """Log training scalars every N optimizer steps."""
     track_norms: bool = False
-    """Log the L2 norm of the first and last layers' outputs (Gitman & Ginsburg Fig. 4) every `every_steps`."""
+    """Log the mean L2 norm of the first layer's output (after its norm), the last residual block's (or last hidden layer's) and the classifier's (Gitman & Ginsburg Fig. 4) every `every_steps`."""
 
     def check(self):
         _range("every_steps", self.every_steps, 1)

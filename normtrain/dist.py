@@ -10,7 +10,10 @@
   `average_buffers`) and DDP wrapping with the reference settings;
 - `Supervisor`: heartbeats through the rendezvous store, so that a rank that is
   stopped, hung or dead is named within ``run.collective_timeout`` instead of
-  hanging the job, and workers stop when their launcher dies.
+  hanging the job, and workers stop when their launcher dies;
+- `run_local(fn, n, backend)` / `spawn(fn, n)` run a function in n fresh local
+  processes joined in one group and return their results (checks and experiments
+  inside one command: the doctor's all-reduce, a scenario's unsynced BN).
 Rank 0 alone prints, logs and writes (`Dist.main`).
 """
 from __future__ import annotations
@@ -446,76 +449,89 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
 
 
-# -- short local process groups (normtrain doctor) -----------------------------------------
+# -- a local process group inside one command (normtrain doctor, scenarios) -----------------
 
-def _free_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _local_worker(rank, world, port, backend, fn, args, results):
-    """One process of `run_local`: join the group, run fn(Dist, *args), report, leave."""
+def _local_worker(fn, rank: int, world: int, port: int, backend: str, payload: bytes, queue) -> None:
+    """Body of one `run_local` process: join the group, run fn, report, leave."""
+    import pickle
+    import traceback
+    ok = False
     try:
         if backend == "nccl":
             torch.cuda.set_device(rank)
             device = torch.device("cuda", rank)
         else:
+            torch.set_num_threads(1)  # n processes share the machine's cores
             device = torch.device("cpu")
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=60))
-        try:
-            out = fn(Dist(rank=rank, world=world, local_rank=rank, device=device), *args)
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
-        results.put((rank, True, out))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
-        results.put((rank, False, f"{type(e).__name__}: {e}".splitlines()[0]))
+        store = dist.PrefixStore("normtrain/local", dist.TCPStore("127.0.0.1", port, is_master=False,
+                                                                  timeout=timedelta(minutes=5)))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timedelta(minutes=10))
+        result = fn(Dist(rank=rank, world=world, local_rank=rank, device=device), *pickle.loads(payload))
+        # Plain pickle bytes: tensors travel by value, not as shared memory that dies with this process.
+        queue.put((rank, True, pickle.dumps(result)))
+        ok = True
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        queue.put((rank, False, traceback.format_exc()))
+    finally:
+        teardown(clean=ok)
 
 
-def run_local(fn, nprocs: int, backend: str, *args, timeout_s: float = 120.0) -> list:
-    """Run `fn(d, *args)` in `nprocs` fresh processes on this machine joined in one process group
-    (NCCL: one GPU each; gloo: CPU) and return every rank's result in rank order.
+def run_local(fn, nprocs: int, backend: str, *args, timeout_s: float = 600.0) -> list:
+    """Run ``fn(d, *args)`` in `nprocs` new local processes joined in one process group (NCCL: one GPU
+    each; gloo: CPU) and return their results in rank order.
 
-    For short checks such as `normtrain doctor`'s all-reduce, not for training (that is
-    `launch`). `fn` must be importable by name (the processes are spawned). A failing or
-    hanging rank raises RuntimeError naming it; the other processes are stopped.
+    For checks and experiments inside one command (`normtrain doctor`'s all-reduce, a scenario's
+    unsynced-BN run), not for training (that is `launch`). `d` is each process's `Dist`, so
+    ``wrap(model, d)`` gives real DDP. The calling process holds the rendezvous store on a port the
+    OS picks (no clash with other runs) and takes no part in the group. `fn` must be a module-level
+    function and its arguments and result picklable. A rank that raises, dies or outlives
+    `timeout_s` raises RuntimeError naming it (with its traceback), after the others are stopped.
     """
     import multiprocessing as mp
-    import queue
-    import time
+    import pickle
+    import queue as queue_mod
+
+    if nprocs < 1:
+        raise ValueError("run_local: nprocs must be >= 1")
     ctx = mp.get_context("spawn")
+    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, timeout=timedelta(minutes=5), wait_for_workers=False)
     results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_local_worker, args=(r, nprocs, port, backend, fn, args, results), daemon=True)
-             for r in range(nprocs)]
+    payload = pickle.dumps(tuple(args))
+    procs = [ctx.Process(target=_local_worker, args=(fn, r, nprocs, store.port, backend, payload, results),
+                         daemon=True) for r in range(nprocs)]
     for p in procs:
         p.start()
-    got, deadline = {}, time.monotonic() + timeout_s
+    out: dict = {}
+    deadline = time.monotonic() + timeout_s
     try:
-        while len(got) < nprocs:
+        while len(out) < nprocs:
             try:
-                rank, ok, out = results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [r for r, p in enumerate(procs) if r not in got and p.exitcode not in (None, 0)]
+                rank, ok, value = results.get(timeout=0.5)
+            except queue_mod.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in out and p.exitcode not in (None, 0)]
                 if dead:
                     raise RuntimeError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode}") from None
                 if time.monotonic() > deadline:
-                    missing = sorted(set(range(nprocs)) - set(got))
-                    raise RuntimeError(f"rank(s) {missing} gave no answer within {timeout_s:.0f} s") from None
+                    raise RuntimeError(f"rank(s) {sorted(set(range(nprocs)) - set(out))} gave no answer "
+                                       f"within {timeout_s:g} s") from None
                 continue
             if not ok:
-                raise RuntimeError(f"rank {rank}: {out}")
-            got[rank] = out
+                raise RuntimeError(f"rank {rank} failed:\n{value}")
+            out[rank] = pickle.loads(value)
+        for p in procs:
+            p.join(timeout=60)
     finally:
         for p in procs:
-            p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
-                p.join(timeout=5)
-    return [got[r] for r in range(nprocs)]
+                p.join(timeout=10)
+        del store
+    return [out[r] for r in range(nprocs)]
+
+
+def spawn(fn, nprocs: int, args: tuple = (), timeout_s: float = 600.0) -> list:
+    """`run_local` on CPU processes with gloo."""
+    return run_local(fn, nprocs, "gloo", *args, timeout_s=timeout_s)
 
 
 def all_reduce_bandwidth(d: Dist, sizes_bytes: list, iters: int = 20, warmup: int = 5) -> list:

@@ -336,25 +336,79 @@ def evaluate(run: Run) -> dict:
 # -- output norm tracking (Gitman & Ginsburg Fig. 4) -------------------------------------
 
 class NormTracker:
-    """Records the mean per-sample L2 norm of the first and last conv/linear layers' outputs."""
+    """Mean per-sample L2 norm of three outputs, logged as ``norms/<point>`` (Gitman & Ginsburg Fig. 4):
+
+    - ``first_layer_output``: the first conv/linear layer to run, after the activation norm that
+      runs right after it (so BN-family methods are measured normalized);
+    - ``last_hidden_output``: the last residual block's output (a module with a ``join``) or, in a
+      network without residual blocks, the last conv/linear before the output layer, after its norm;
+    - ``last_layer_output``: the output layer (the last conv/linear to run: the classifier).
+
+    The modules are picked from the order in which they finish in the model's first forward, so
+    no network needs to name them.
+    """
+
+    POINTS = ("first_layer_output", "last_hidden_output", "last_layer_output")
 
     def __init__(self, raw: torch.nn.Module):
-        layers = [m for m in raw.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         self.values = {}
         self.active = False
-        for tag, layer in (("first", layers[0]), ("last", layers[-1])):
-            layer.register_forward_hook(self._hook(tag))
+        self.targets: dict | None = None
+        self._order: list = []
+        self._first: dict = {}
+        blocks = {id(b) for _, b in models.residual_blocks(raw)}
+        self._blocks = blocks
+        self._probes = [m.register_forward_hook(self._probe) for m in raw.modules()
+                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) or _is_norm(m) or id(m) in blocks]
+
+    @staticmethod
+    def _norm(output: torch.Tensor) -> torch.Tensor:
+        return output.detach().float().flatten(1).norm(dim=1).mean()
+
+    def _probe(self, module, inputs, output):
+        if self.targets is not None:
+            return
+        if all(m is not module for m in self._order):
+            self._order.append(module)
+        if self.active:
+            self._first[id(module)] = self._norm(output)
+
+    def _choose(self) -> None:
+        order = self._order
+        layers = [m for m in order if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+        def normed(layer):  # the norm that runs right after `layer`, if any
+            i = next(k for k, m in enumerate(order) if m is layer)
+            return order[i + 1] if i + 1 < len(order) and _is_norm(order[i + 1]) else layer
+        blocks = [m for m in order if id(m) in self._blocks]
+        hidden = blocks[-1] if blocks else normed(layers[-2] if len(layers) > 1 else layers[-1])
+        self.targets = dict(zip(self.POINTS, (normed(layers[0]), hidden, layers[-1])))
+        for tag, m in self.targets.items():
+            if id(m) in self._first:
+                self.values[f"norms/{tag}"] = self._first[id(m)]
+            m.register_forward_hook(self._hook(tag))
+        for h in self._probes:
+            h.remove()
+        self._probes, self._first = [], {}
 
     def _hook(self, tag):
         def hook(module, inputs, output):
             if self.active:
-                self.values[f"norms/{tag}_layer_output"] = output.detach().float().flatten(1).norm(dim=1).mean()
+                self.values[f"norms/{tag}"] = self._norm(output)
         return hook
 
     def pop(self) -> dict:
+        if self.targets is None and self._order:
+            self._choose()
         out = {k: v.item() for k, v in self.values.items()}
         self.values.clear()
         return out
+
+
+def _is_norm(m: torch.nn.Module) -> bool:
+    """Activation-normalization layers: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm."""
+    from torch.nn.modules.batchnorm import _NormBase
+    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
 
 
 # -- the loop --------------------------------------------------------------------------

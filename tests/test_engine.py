@@ -255,3 +255,33 @@ def test_no_host_device_sync_per_step(tmp_path, monkeypatch):
             assert ("issue", s + 1) in events[:i], (s, events[:i + 1])
     # Besides the 20 flag reads: the last step's log line, its evaluation and the weight check.
     assert len(calls) - len(reads) <= 8, calls
+
+
+@pytest.mark.parametrize("net,shape,first,hidden,last", [
+    ("resnet20", (1, 8, 8), "bn1", "layer3.2", "fc"),        # conv1 -> bn1 measured after BN; last block; fc
+    ("mlp", (1, 8, 8), "net.2", "net.5", "net.7"),           # no blocks: last hidden linear's BN
+    ("cifar10-nv", (3, 28, 28), "net.0", "net.23", "net.26"),  # no BN after conv1 (Table 2); conv8; conv9
+])
+def test_norm_tracker_points(net, shape, first, hidden, last):
+    """Gitman & Ginsburg Fig. 4 points, picked from the forward order: the values are those modules' output norms."""
+    from normtrain import models
+    torch.manual_seed(0)
+    m = models.build(net, "bn", 10, shape)
+    tracker = engine.NormTracker(m)
+    mods = dict(m.named_modules())
+    seen = {}
+    for name in (first, hidden, last):
+        # the norm at once: an in-place ReLU may overwrite the output afterwards
+        mods[name].register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(
+            name, o.detach().float().flatten(1).norm(dim=1).mean().item()))
+    for _ in range(2):  # the first forward picks the modules, the second uses only their hooks
+        tracker.active = True
+        m(torch.randn(4, *shape))
+        values = tracker.pop()
+        assert {k: n for n, mod in mods.items() for k, t in tracker.targets.items() if t is mod} == {
+            "first_layer_output": first, "last_hidden_output": hidden, "last_layer_output": last}
+        for key, name in (("first_layer_output", first), ("last_hidden_output", hidden), ("last_layer_output", last)):
+            assert values[f"norms/{key}"] == pytest.approx(seen[name], rel=1e-6)
+    tracker.active = False
+    m(torch.randn(4, *shape))
+    assert tracker.pop() == {}

@@ -343,12 +343,90 @@ def test_trelu_wn_layers():
     v = conv.weight.detach()
     w = v / (v.flatten(1).norm(dim=1) + 1e-5).view(6, 1, 1, 1)
     torch.testing.assert_close(conv(x), F.conv2d(x, w, padding=1))
-    last = bundle.conv(4, 6, 1, bias=False, last=True)  # o_last = gamma x_last + beta
-    assert {n for n, _ in last.named_parameters()} == {"weight", "gain", "bias"}
-    torch.testing.assert_close(last.gain.detach(), torch.ones(6))
-    torch.testing.assert_close(last.bias.detach(), torch.zeros(6))
-    assert {n for n, _ in bundle.linear(5, 3, last=True).named_parameters()} == {"weight", "gain", "bias"}
+    # The output layer is W/||W|| too: gamma and beta come after it (Xiang & Li's Affine), in `output`.
+    last = bundle.conv(4, 6, 1, bias=True, last=True)
+    assert [n for n, _ in last.named_parameters()] == ["weight"]
+    assert [n for n, _ in bundle.linear(5, 3, last=True).named_parameters()] == ["weight"]
     assert isinstance(bundle.act(6), trelu_wn.TReLU) and isinstance(bundle.norm(6), nn.Identity)
+    head = bundle.output(6)
+    torch.testing.assert_close(head.weight.detach(), torch.ones(6))  # gamma 1, beta 0 at init
+    torch.testing.assert_close(head.bias.detach(), torch.zeros(6))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(6))
+        head.bias.copy_(torch.randn(6))
+    g, b = head.weight.detach(), head.bias.detach()
+    y2 = torch.randn(3, 6)
+    torch.testing.assert_close(head(y2), g * y2 + b)
+    y4 = torch.randn(2, 6, 3, 3)
+    torch.testing.assert_close(head(y4), g.view(1, 6, 1, 1) * y4 + b.view(1, 6, 1, 1))
+    # every other method leaves the output alone
+    assert all(isinstance(norms.get(m).output(6), nn.Identity) for m in norms.names() if m != "trelu-wn")
+
+
+def test_trelu_wn_affine_comes_after_the_last_layer_and_its_relu():
+    """cifar10-nv ends conv9 -> TReLU -> average pool: o = gamma * pool(TReLU(conv9)) + beta."""
+    from normtrain import models
+    torch.manual_seed(0)
+    m = models.build("cifar10-nv", "trelu-wn", 10, (3, 28, 28))
+    assert isinstance(m.output, trelu_wn.Affine)
+    with torch.no_grad():
+        m.output.weight.copy_(torch.rand(10) + 0.5)
+        m.output.bias.copy_(torch.randn(10))
+        for mod in m.modules():
+            if isinstance(mod, trelu_wn.TReLU):
+                mod.a.copy_(torch.randn_like(mod.a) * 0.1)
+    x = torch.randn(2, 3, 28, 28)
+    pooled = m.net(x)
+    assert bool((pooled >= m.net[-3].a.view(1, 10) - 1e-6).all())  # the TReLU acted before the affine
+    torch.testing.assert_close(m(x), m.output.weight * pooled + m.output.bias)
+
+
+def test_trelu_wn_weighted_join_definition():
+    """Xiang & Li's WeightNormalizedAddition: (w_s s + w_b b) / sqrt(w_s^2 + w_b^2 + 1e-6), per channel."""
+    assert isinstance(norms.get("trelu-wn").residual(8), norms.bundle.Add)  # default: the plain sum
+    bundle = norms.get("trelu-wn", trelu_join="weighted")
+    with pytest.raises(ValueError, match="channel count"):
+        bundle.residual()
+    join = bundle.residual(5)
+    assert isinstance(join, trelu_wn.WeightedAddition)
+    s, b = torch.randn(4, 5, 3, 3), torch.randn(4, 5, 3, 3)
+    # init (shortcut 1, branch 0): the shortcut alone
+    torch.testing.assert_close(join(s, b), s / math.sqrt(1 + 1e-6))
+    with torch.no_grad():
+        join.shortcut_weight.copy_(torch.randn(5) * 3)
+        join.branch_weight.copy_(torch.randn(5) * 3)
+    ws, wb = join.shortcut_weight.detach(), join.branch_weight.detach()
+    norm = (ws.square() + wb.square() + 1e-6).sqrt()
+    want = (ws / norm).view(1, 5, 1, 1) * s + (wb / norm).view(1, 5, 1, 1) * b
+    torch.testing.assert_close(join(s, b), want)
+    torch.testing.assert_close(join(s[:, :, 0, 0], b[:, :, 0, 0]), want[:, :, 0, 0])  # (N, C) input
+    # the applied weights are unit-norm across the two operands, whatever the raw weights' scale
+    a1, a2 = (w.detach() for w in join.normalized())
+    torch.testing.assert_close(a1.square() + a2.square(), ws.square() / norm.square() + wb.square() / norm.square())
+    assert float((a1.square() + a2.square() - 1).abs().max()) < 1e-5
+    with torch.no_grad():
+        join.shortcut_weight.mul_(7.0)
+        join.branch_weight.mul_(7.0)
+    torch.testing.assert_close(join(s, b), want, rtol=1e-5, atol=1e-5)
+    # at init the branch gets no gradient but its weight does (the block can learn to use it)
+    fresh = bundle.residual(5)
+    br = b.clone().requires_grad_(True)
+    fresh(s, br).square().sum().backward()
+    assert float(br.grad.abs().max()) == 0.0 and float(fresh.branch_weight.grad.abs().max()) > 0
+    assert fresh.shortcut_weight.ndim == 1 and fresh.branch_weight.ndim == 1  # no weight decay with no_decay_norm_bias
+
+
+def test_trelu_wn_weighted_resnet_starts_as_its_shortcuts():
+    """With the weighted join every block at init is act(shortcut): an identity block returns TReLU(x)."""
+    from normtrain import models
+    torch.manual_seed(0)
+    m = models.build("resnet20", norms.get("trelu-wn", trelu_join="weighted"), 10, (3, 16, 16))
+    joins = [mod for mod in m.modules() if isinstance(mod, trelu_wn.WeightedAddition)]
+    assert len(joins) == 9 and [j.num_features for j in joins] == [16] * 3 + [32] * 3 + [64] * 3
+    block = m.layer1[1]
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), block.relu(x / math.sqrt(1 + 1e-6)))
 
 
 # -- ghost ------------------------------------------------------------------------------

@@ -29,3 +29,45 @@ def test_readme_lists_every_method_and_network():
     text = (ROOT / "README.md").read_text()
     for name in norms.names() + models.names():
         assert f"`{name}`" in text, name
+
+
+def _scenario_table():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("scenario_table", ROOT / "tools/scenario_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scenario_table_is_generated_from_the_results():
+    """The README's scenario table is tools/scenario_table.py's rendering of docs/scenarios/verdicts.json."""
+    import json
+    tool = _scenario_table()
+    verdicts = json.loads((ROOT / "docs/scenarios/verdicts.json").read_text())
+    from normtrain import scenarios
+    assert sorted(verdicts) == sorted(scenarios.names())  # a new scenario needs a run at its defaults
+    for name, e in verdicts.items():
+        assert e["non_default_params"] == {}, f"{name}: the README must show results at the defaults"
+        assert all((ROOT / p).is_file() for p in e["plots"]), name
+    text = (ROOT / "README.md").read_text()
+    assert tool.readme_block(text) == tool.render(verdicts, tool.summaries())
+
+
+def test_scenario_table_render_format():
+    tool = _scenario_table()
+    sums = {"a": "Claim a | with a pipe.", "b": "Claim b.", "c": "Claim c."}
+    verdicts = {
+        "a": {"reproduced": True, "headline": "x = 1", "non_default_params": {}, "runtime_s": 12.3, "device": "cpu",
+              "plots": ["docs/scenarios/a.png"]},
+        "b": {"reproduced": False, "headline": "y = 2", "non_default_params": {"steps": 5}, "runtime_s": 1.0,
+              "device": "cpu", "plots": ["docs/scenarios/b.png", "docs/scenarios/b-extra.png"]},
+    }
+    out = tool.render(verdicts, sums)
+    rows = [l for l in out.splitlines() if l.startswith("| `")]
+    assert len(rows) == 3
+    for row in rows:  # four columns, escaped pipes do not split a cell
+        assert len(re.split(r"(?<!\\)\|", row.strip())) == 6
+    assert "reproduced: x = 1" in rows[0] and "**not reproduced**: y = 2 (at `steps=5`)" in rows[1]
+    assert "not run yet" in rows[2]
+    assert "[b-extra](docs/scenarios/b-extra.png)" in out
+    assert tool.plot_names("x", ["loss_curves.png", "output_norms.png"]) == ["x.png", "x-output-norms.png"]

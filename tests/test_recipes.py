@@ -80,6 +80,15 @@ def test_per_norm_blocks_apply(name):
         assert resolved.norm.name == method
 
 
+def test_resnet50_imagenet_trelu_wn_uses_the_authors_join():
+    """Xiang & Li's weighted join for trelu-wn in resnet50-imagenet; the other methods never see it."""
+    assert config.load("resnet50-imagenet", [("norm.name", "trelu-wn")]).norm.trelu_join == "weighted"
+    assert config.load("resnet50-imagenet", [("norm.name", "wn")]).norm.trelu_join == "add"
+    assert config.load("cifar10-nv", [("norm.name", "trelu-wn")]).norm.trelu_join == "add"
+    r = config.load("resnet50-imagenet", [("norm.name", "trelu-wn"), ("norm.trelu_join", "add")])
+    assert r.norm.trelu_join == "add"  # --set wins over per_norm
+
+
 def test_cifar10_nv_footnote3():
     """Gitman & Ginsburg footnote 3: per-method lr schedule and weight decay, lr 0.01 for all."""
     want = {  # method: (schedule, final lr, weight decay)

@@ -41,9 +41,10 @@ class Cifar10NV(nn.Module):
         layers += unit(320, num_classes, 1, 0, False, last=True)
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*layers)
+        self.output = norm.output(num_classes)  # after the final ReLU and pooling (trelu-wn's gamma, beta)
 
     def forward(self, x):
-        return self.net(x)
+        return self.output(self.net(x))
 
 
 def build_cifar10_nv(norm, num_classes, in_shape, dropout=0.0):

@@ -30,9 +30,10 @@ class MLP(nn.Module):
             prev = w
         layers.append(norm.linear(prev, num_classes, bias=True, last=True))
         self.net = nn.Sequential(*layers)
+        self.output = norm.output(num_classes)
 
     def forward(self, x):
-        return self.net(x)
+        return self.output(self.net(x))
 
 
 class DeepLinear(nn.Module):
@@ -48,9 +49,10 @@ class DeepLinear(nn.Module):
             prev = width
         layers.append(norm.linear(prev, num_classes, bias=False, last=True))
         self.net = nn.Sequential(*layers)
+        self.output = norm.output(num_classes)
 
     def forward(self, x):
-        return self.net(x)
+        return self.output(self.net(x))
 
 
 def build_mlp(norm, num_classes, in_shape, widths=(512, 300), dropout=0.0):

@@ -78,7 +78,7 @@ class NFBottleneck(nn.Module):
             norm.conv(planes, out, 1),
         )
         self.skip_gain = nn.Parameter(torch.tensor(float(norm.nf_skip_gain)))
-        self.join = norm.residual()
+        self.join = norm.residual(out)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:.4f}, alpha={self.alpha}, expected_var={self.expected_var:.4f}"
@@ -110,6 +110,7 @@ class NFResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(c, num_classes, bias=True, last=True)
+        self.output = norm.output(num_classes)
 
     def _make_layer(self, norm, planes, blocks, stride=1, no_preact=False):
         a = self.alpha
@@ -131,7 +132,7 @@ class NFResNet(nn.Module):
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(self.avgpool(self.final_act(x)), 1)
-        return self.fc(self.dropout(x))
+        return self.output(self.fc(self.dropout(x)))
 
 
 def build_nf_resnet50(norm, num_classes, in_shape, dropout=0.0):

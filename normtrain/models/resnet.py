@@ -18,8 +18,8 @@ The last norm of each block keeps gamma = 1 unless ``zero_init_residual=True``
 
 CIFAR networks:
 
-- ``resnet56``: He et al. 2016a §4.2, 3 stages of 9 basic blocks with 16/32/64
-  channels on 32x32 inputs. The paper's CIFAR nets use shortcut *option A*
+- ``resnet56`` / ``resnet20``: He et al. 2016a §4.2, 3 stages of 9 (resnet20: 3)
+  basic blocks with 16/32/64 channels on 32x32 inputs. The paper's CIFAR nets use shortcut *option A*
   (identity with zero-padded channels, stride-2 subsampling); we use **option B**
   (a 1x1 projection conv + norm where the shape changes, identity elsewhere) so
   that every layer, shortcuts included, goes through the bundle: NormProp's
@@ -41,11 +41,12 @@ identity shortcut carries the raw sum. The first block of the network has no
 pre-activation (the stem already ends with norm-act-maxpool); the projection
 shortcut is a plain 1x1 conv (He 2016b); a final norm + act precede the pool.
 
-Every residual join is ``norm.residual()`` (NormProp's /sqrt(2) modification
-lives there; `models.build` wraps it with the ``norm.residual`` scaling and
-``model.drop_path``); a norm directly followed by its activation is one
-``norm.norm_act(...)`` call (EvoNorm fuses the pair); the classifier is
-``norm.linear(..., last=True)``; ``dropout`` is applied to the pooled features
+Every residual join is ``norm.residual(channels)`` (NormProp's /sqrt(2)
+modification and trelu-wn's weighted addition live there; `models.build` wraps
+it with the ``norm.residual`` scaling and ``model.drop_path``); a norm directly
+followed by its activation is one ``norm.norm_act(...)`` call (EvoNorm fuses the
+pair); the classifier is ``norm.linear(..., last=True)`` followed by
+``norm.output(num_classes)`` (trelu-wn's scale and bias); ``dropout`` is applied to the pooled features
 before the classifier.
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ class BasicBlock(nn.Module):
         self.conv2 = norm.conv(planes, planes, 3, padding=1)
         self.bn2 = norm.norm(planes)
         self.downsample = downsample
-        self.join = norm.residual()
+        self.join = norm.residual(planes)
         self.relu = norm.act(planes)
 
     def last_norm(self) -> nn.Module:
@@ -102,7 +103,7 @@ class Bottleneck(nn.Module):
         self.conv3 = norm.conv(width, planes * self.expansion, 1)
         self.bn3 = norm.norm(planes * self.expansion)
         self.downsample = downsample
-        self.join = norm.residual()
+        self.join = norm.residual(planes * self.expansion)
         self.relu = norm.act(planes * self.expansion)
 
     def last_norm(self) -> nn.Module:
@@ -146,6 +147,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(512 * block.expansion, num_classes, bias=True, last=True)
+        self.output = norm.output(num_classes)
         if zero_init_residual:
             _zero_last_gamma(self)
 
@@ -163,7 +165,7 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(self.dropout(x))
+        return self.output(self.fc(self.dropout(x)))
 
 
 # -- pre-activation ResNet-50 (He et al. 2016b; Hoedt 2022 blog) ----------------------
@@ -196,7 +198,7 @@ class PreActBottleneck(nn.Module):
             norm.conv(planes, planes, 3, stride=stride, padding=1), *norm.norm_act(planes),
             norm.conv(planes, out, 1),
         )
-        self.join = norm.residual()
+        self.join = norm.residual(out)
 
     def forward(self, x):
         x = self.preact(x)
@@ -222,6 +224,7 @@ class PreActResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(c, num_classes, bias=True, last=True)
+        self.output = norm.output(num_classes)
 
     def _make_layer(self, norm, block, planes, blocks, stride=1, no_preact=False):
         project = stride != 1 or self.inplanes != planes * block.expansion
@@ -234,7 +237,7 @@ class PreActResNet(nn.Module):
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(self.avgpool(self.final(x)), 1)
-        return self.fc(self.dropout(x))
+        return self.output(self.fc(self.dropout(x)))
 
 
 # -- CIFAR: ResNet-56 (option B) and WRN-28-10 ------------------------------------------
@@ -257,6 +260,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(64, num_classes, bias=True, last=True)
+        self.output = norm.output(num_classes)
 
     def _make_layer(self, norm, planes, blocks, stride=1):
         downsample = None
@@ -271,7 +275,7 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(self.dropout(x))
+        return self.output(self.fc(self.dropout(x)))
 
 
 class WideBasic(nn.Module):
@@ -288,7 +292,7 @@ class WideBasic(nn.Module):
         project = stride != 1 or inplanes != planes
         # Projection on the pre-activated input, as in the authors' code.
         self.shortcut = norm.conv(inplanes, planes, 1, stride=stride) if project else None
-        self.join = norm.residual()
+        self.join = norm.residual(planes)
 
     def forward(self, x):
         o = self.relu1(self.bn1(x))
@@ -317,11 +321,12 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(widths[3], num_classes, bias=True, last=True)
+        self.output = norm.output(num_classes)
 
     def forward(self, x):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         x = torch.flatten(self.avgpool(self.relu(self.bn(x))), 1)
-        return self.fc(self.dropout(x))
+        return self.output(self.fc(self.dropout(x)))
 
 
 # -- builders (registered in models/__init__.py) --------------------------------------
@@ -359,6 +364,10 @@ def build_resnext101_32x4d(norm, num_classes, in_shape, dropout=0.0, zero_init_r
 def build_preact_resnet50(norm, num_classes, in_shape, dropout=0.0):
     """Pre-activation ResNet-50: norm -> act -> conv bottlenecks, identity shortcuts carry the raw sum (He et al. 2016b)."""
     return PreActResNet(norm, [3, 4, 6, 3], num_classes, in_shape, dropout=dropout)
+
+
+def build_resnet20(norm, num_classes, in_shape, dropout=0.0):
+    return CifarResNet(norm, 20, num_classes, in_shape, dropout=dropout)
 
 
 def build_resnet56(norm, num_classes, in_shape, dropout=0.0):

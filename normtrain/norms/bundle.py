@@ -27,11 +27,18 @@ Contract for networks (what each call means):
   the activation. By default ``(norm(...), act(...))``; fused
   normalization-activation layers (EvoNorm) return ``(layer, Identity)``, so a
   network always builds the pair through this call.
-- ``residual()``: a module ``(shortcut, branch) -> output`` joining a residual block.
+- ``residual(num_features=None)``: a module ``(shortcut, branch) -> output`` joining a
+  residual block whose tensors have ``num_features`` channels. Networks pass the
+  channel count; methods with per-channel join parameters (trelu-wn's weighted
+  addition) need it, the others ignore it.
 - ``residual_join(inner, index, depth, drop_rate=0.0)``: ``inner`` (a join built by
   ``residual()``) with the ``norm.residual`` branch scaling of block ``index`` of
   ``depth`` and stochastic depth around it (`residual.wrap`); `models.build` applies
   it to every block, so networks only call ``residual()``.
+- ``output(num_features)``: a module applied to the network's output (N,
+  num_features), after the output layer (``last=True``) and whatever the
+  architecture puts after it (cifar10-nv's final ReLU and pooling). The identity
+  except for trelu-wn, whose scale and bias of the last layer live here.
 - ``nf_alpha``, ``nf_skip_gain``: the NF-ResNet block constants (alpha, initial skip gain).
 
 And one fact for the engine (never for networks): ``channels_last_ok``, whether
@@ -122,13 +129,16 @@ class Normalizer:
         return self.norm(num_features, dims), self.act(num_features)
 
     # -- block-level hooks ----------------------------------------------------
-    def residual(self) -> nn.Module:
+    def residual(self, num_features: int | None = None) -> nn.Module:
         return Add()
 
     def residual_join(self, inner: nn.Module, index: int, depth: int, drop_rate: float = 0.0) -> nn.Module:
         from . import residual  # not at the top: residual -> nf -> bundle
         return residual.wrap(inner, self.options.residual, index, depth, self.options.residual_depth_power,
                              drop_rate)
+
+    def output(self, num_features: int) -> nn.Module:
+        return nn.Identity()
 
     @property
     def nf_alpha(self) -> float:

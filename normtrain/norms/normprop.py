@@ -84,7 +84,7 @@ class NormProp(Normalizer):
     def act(self, num_features):
         return NormPropReLU()
 
-    def residual(self):
+    def residual(self, num_features=None):
         return ScaledResidual() if self.options.residual_scale else Add()
 
 

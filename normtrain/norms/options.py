@@ -43,6 +43,8 @@ class NormOptions:
     """WS: divide by the per-output-channel root mean square of the (centred) weight + eps (WS eq. 6); with centering this is the biased std (eq. 2), alone it is the RMS of the raw weight."""
     ws_affine: bool = False
     """WS '+AF': learnable per-channel gain and bias on the standardized weight (WS Table 2, harmful)."""
+    trelu_join: str = "add"
+    """trelu-wn residual join: 'add' (plain sum) or 'weighted' (Xiang & Li's L2-normalised weighted addition, init: the shortcut alone)."""
     nf_alpha: float = 0.2
     """NF-ResNet alpha: rate at which the expected variance grows per residual block."""
     nf_skip_gain: float = 0.0
@@ -80,6 +82,8 @@ class NormOptions:
             raise ValueError("init must be 'unit' or 'data'")
         if self.gamma_init <= 0:
             raise ValueError("gamma_init must be > 0")
+        if self.trelu_join not in ("add", "weighted"):
+            raise ValueError("trelu_join must be 'add' or 'weighted'")
         if not (self.ws_center or self.ws_scale):
             raise ValueError("ws_center and ws_scale cannot both be false")
         if self.nf_alpha <= 0:

@@ -11,9 +11,38 @@ restore the representational power of the network":
 So hidden conv/linear layers are ``W / (||W|| + eps)`` with no gain and no bias
 (the method's definition fixes this, whatever bias the network asks for), the
 activation is TReLU with a learnable per-channel threshold ``a`` (init 0), and
-the output layer (``last=True``) is a WN layer with gain gamma (init 1) and bias
-beta (init 0), always. ``ReLU(x - a) + a`` equals ``max(x, a)``, which is how it
-is computed (one fused op).
+``ReLU(x - a) + a`` equals ``max(x, a)``, which is how it is computed (one fused op).
+
+As the authors ran it (Xiang & Li, "On the effects of batch and weight
+normalization in generative adversarial networks", arXiv:1704.03971, and their
+code: github.com/stormraiser/GAN-weight-norm for the paper's networks,
+github.com/stormraiser/gan-weightnorm-resnet for the residual ones):
+
+- The scale and bias sit *after* the last layer, not inside it: the output
+  layer (``last=True``) is a WN layer without gain or bias, and ``output()``
+  returns `Affine`, gamma * x + beta per channel (gamma init 1, beta init 0), applied
+  to the network's output after whatever follows the output layer (the
+  residual repo's ``modules/Affine.py``, used as the ``post`` module of the
+  generator's last block in place of its activation). In cifar10-nv the last
+  conv is followed by TReLU and average pooling: the affine comes after them
+  (pooling is linear per channel, so this is gamma * TReLU(...) + beta), not
+  between the conv and its TReLU.
+- Residual joins (``norm.trelu_join: weighted``): the residual repo's
+  ``modules/WeightNormalizedAddition.py``, a learnable weighted sum whose
+  per-channel weights are L2-normalised across the two operands,
+
+      out_c = (w_s,c * shortcut_c + w_b,c * branch_c) / sqrt(w_s,c^2 + w_b,c^2 + 1e-6)
+
+  initialised as ``ResidueBlock`` does (``WeightNormalizedAddition(2, C,
+  torch.Tensor([0, 1]))`` over the operands (residue, shortcut)): branch weight
+  0, shortcut weight 1, so every block starts as its shortcut alone (then its
+  activation). `WeightedAddition` below. ``norm.trelu_join: add`` (the default)
+  keeps the plain sum, since Gitman & Ginsburg's §3.2 defines no join; the
+  ``resnet50-imagenet`` recipe selects ``weighted``.
+
+Not taken from that code: its activation is a translated *PReLU* (``TPReLU``:
+a learnable slope clamped to [0, 1], init 0.25, around the translation); we keep
+Gitman & Ginsburg's TReLU (slope 0), the method as the paper under test defines it.
 
 Under gradient accumulation the effective weight is computed once per optimizer
 step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_weights.py).
@@ -23,8 +52,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bundle import Normalizer
+from .bundle import Add, Normalizer
 from .wn import WNConv2d, WNLinear
+
+#: Added to the squared norm of the join weights (Xiang & Li's WeightNormalizedAddition).
+JOIN_EPS = 1e-6
+
+
+def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """View a per-channel vector (C,) so that it broadcasts against `like` (N, C, ...)."""
+    return t.view((1, -1) + (1,) * (like.dim() - 2)).to(like.dtype)
 
 
 class TReLU(nn.Module):
@@ -43,23 +80,73 @@ class TReLU(nn.Module):
         return str(self.num_features)
 
 
+class Affine(nn.Module):
+    """``gamma * x + beta`` per channel (dim 1), gamma init 1, beta init 0 (Xiang & Li's ``Affine``)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(_per_channel(self.bias, x), x, _per_channel(self.weight, x))
+
+    def extra_repr(self) -> str:
+        return str(self.num_features)
+
+
+class WeightedAddition(nn.Module):
+    """Join ``(w_s shortcut + w_b branch) / sqrt(w_s^2 + w_b^2 + 1e-6)`` per channel; init w_s = 1, w_b = 0.
+
+    Xiang & Li's ``WeightNormalizedAddition`` for two operands. The two weight
+    vectors are separate 1-d parameters (so ``optim.no_decay_norm_bias`` treats
+    them like other gains); `normalized()` gives the weights actually applied.
+    """
+
+    def __init__(self, num_features: int, eps: float = JOIN_EPS):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.shortcut_weight = nn.Parameter(torch.ones(num_features))
+        self.branch_weight = nn.Parameter(torch.zeros(num_features))
+
+    def normalized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inv = torch.rsqrt(self.shortcut_weight.square() + self.branch_weight.square() + self.eps)
+        return self.shortcut_weight * inv, self.branch_weight * inv
+
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        ws, wb = self.normalized()
+        return torch.addcmul(shortcut * _per_channel(ws, shortcut), branch, _per_channel(wb, branch))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
 class TReLUWeightNorm(Normalizer):
     name = "trelu-wn"
     default_bias = False
 
     def conv(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, bias=None, last=False):
-        if last:  # o_last = gamma * x_last + beta
-            return WNConv2d(in_ch, out_ch, kernel_size, stride, padding, groups, True, eps=self.options.eps)
+        # Every layer, the output layer included, is W/(||W|| + eps): gamma and beta come after it (`output`).
         return WNConv2d(in_ch, out_ch, kernel_size, stride, padding, groups, False, eps=self.options.eps,
                         gain=False)
 
     def linear(self, in_features, out_features, bias=None, last=False):
-        if last:
-            return WNLinear(in_features, out_features, True, eps=self.options.eps)
         return WNLinear(in_features, out_features, False, eps=self.options.eps, gain=False)
 
     def act(self, num_features):
         return TReLU(num_features)
+
+    def residual(self, num_features=None):
+        if self.options.trelu_join == "add":
+            return Add()
+        if num_features is None:
+            raise ValueError("trelu-wn's weighted join needs the channel count: call residual(num_features)")
+        return WeightedAddition(num_features)
+
+    def output(self, num_features):
+        return Affine(num_features)
 
 
 def build(options):

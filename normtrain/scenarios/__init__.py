@@ -36,6 +36,10 @@ SCENARIOS = Registry("scenario", {
     "ghost-example": "ghost_example",
     "ws-gradients": "ws_gradients",
     "bn-cost": "bn_cost",
+    "wn-generalization": "wn_generalization",
+    "ghost-equivalence": "ghost_equivalence",
+    "ws-curves": "ws_curves",
+    "nf-ablation": "nf_ablation",
 }, __name__)
 
 

@@ -9,13 +9,20 @@ A scenario is one module in this package with
   (`normtrain.config.apply_overrides`);
 - ``USES_DATA``: whether ``--data`` means something to it;
 - ``run(ctx, p) -> dict``: does the work and returns ``ctx.finish(...)``;
-- a pure ``verdict(...)`` function on plain numbers, unit-tested on constructed inputs.
+- a pure ``verdict(...)`` function on plain numbers, unit-tested on constructed
+  inputs both ways (one where it holds, one where it does not). The criterion
+  holds the control (the method or setting the claim contrasts with) and can
+  come out false; its text states it.
 
 Outputs (all under ``ctx.out``, created on the first write so that bad input
 leaves nothing behind): ``results.json`` with ``scenario``, ``params``,
-``measurements`` and ``verdict`` (``claim``, ``criterion``, ``measured``,
-``reproduced``), PNG plots, and TensorBoard scalars under ``tb/``.
-Non-finite numbers are written to JSON as ``null``.
+``measurements`` (including the raw per-run / per-seed numbers behind the
+verdict) and ``verdict`` (``claim``, ``criterion``, ``measured``,
+``reproduced``, ``headline``: one short line with the key number, used in the
+plots' titles and the README table), ``runtime_s`` (wall) and ``cpu_s`` (CPU
+time, which does not depend on what else runs on the machine), PNG plots (`plotting`, `figure`,
+`Context.savefig`: at least 1200 px wide, the verdict in the title), and
+TensorBoard scalars under ``tb/``. Non-finite numbers are written to JSON as ``null``.
 """
 from __future__ import annotations
 
@@ -107,8 +114,111 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def verdict(claim: str, criterion: str, measured: str, reproduced: bool) -> dict:
-    return {"claim": claim, "criterion": criterion, "measured": measured, "reproduced": bool(reproduced)}
+def verdict(claim: str, criterion: str, measured: str, reproduced: bool, headline: str = "") -> dict:
+    """The verdict dict; `headline` is one short line with the key number (plot titles, README table)."""
+    return {"claim": claim, "criterion": criterion, "measured": measured, "reproduced": bool(reproduced),
+            "headline": headline or measured.split(";")[0].rstrip(".")}
+
+
+# -- statistics over seeds ----------------------------------------------------------------
+
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); nan for no finite value."""
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if not xs:
+        return float("nan"), float("nan")
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def pm(xs, digits: int = 3) -> str:
+    """'mean ± std' of a list of numbers."""
+    m, sd = mean_std(xs)
+    return f"{m:.{digits}g} ± {sd:.2g}"
+
+
+def below(a, b) -> dict:
+    """Is mean(a) below mean(b) by more than the standard error of the difference?
+
+    a, b: per-seed values. With one value each the standard error is 0 and any gap counts.
+    Returns {'gap': mean(b) - mean(a), 'se': standard error, 'shown': gap > se}.
+    """
+    ma, sa = mean_std(a)
+    mb, sb = mean_std(b)
+    na, nb = max(len(list(a)), 1), max(len(list(b)), 1)
+    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if math.isfinite(sa + sb) else float("nan")
+    gap = mb - ma
+    return {"gap": gap, "se": se, "shown": bool(math.isfinite(gap) and math.isfinite(se) and gap > se)}
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+#: Every scenario plot: fonts readable at a glance on a 1200+ px wide figure.
+PLOT_STYLE = {"font.size": 12, "axes.titlesize": 12.5, "axes.labelsize": 12, "xtick.labelsize": 11,
+              "ytick.labelsize": 11, "legend.fontsize": 10, "figure.titlesize": 14, "lines.linewidth": 1.8,
+              "axes.grid": True, "grid.alpha": 0.3, "legend.framealpha": 0.85}
+#: Saved resolution; with `figure`'s minimum width of 13 in the PNGs are >= 1300 px wide.
+PLOT_DPI = 100
+MIN_FIG_WIDTH_IN = 13.0
+
+
+@contextlib.contextmanager
+def plotting():
+    """matplotlib.pyplot (Agg backend) with `PLOT_STYLE` in effect for the block."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(PLOT_STYLE):
+        yield plt
+
+
+def figure(plt, nrows: int = 1, ncols: int = 1, panel: tuple = (6.0, 4.6), **kw):
+    """(fig, axes[nrows][ncols]) at least `MIN_FIG_WIDTH_IN` wide, constrained layout (no overlapping labels)."""
+    width = max(MIN_FIG_WIDTH_IN, panel[0] * ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel[1] * nrows + 0.8), squeeze=False,
+                             layout="constrained", **kw)
+    return fig, axes
+
+
+def truncated_cmap(plt, name: str, lo: float, hi: float):
+    """The [lo, hi] part of colormap `name` (e.g. without its near-white end), for lines coloured by a value."""
+    from matplotlib.colors import ListedColormap
+    import numpy as np
+    return ListedColormap(plt.get_cmap(name)(np.linspace(lo, hi, 256)))
+
+
+def log_if_wide(ax, values, span: float = 20.0) -> None:
+    """Log y axis when the positive values span more than `span`x, else linear (readable ticks for narrow ranges)."""
+    vals = [v for v in finite_or_nan(values) if v > 0]
+    if vals and max(vals) / min(vals) > span:
+        ax.set_yscale("log")
+
+
+def integer_x(ax) -> None:
+    """Integer ticks on the x axis (steps, blocks)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def finite_or_nan(values) -> list[float]:
+    """Values for plotting: None and non-finite -> nan (a gap in the line)."""
+    return [float(v) if v is not None and math.isfinite(float(v)) else float("nan") for v in values]
+
+
+def positive_or_nan(values) -> list[float]:
+    """For log axes: also non-positive -> nan."""
+    return [v if v > 0 else float("nan") for v in finite_or_nan(values)]
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children (e.g. `dist.spawn` workers).
+
+    Unlike the wall time it does not grow when other jobs share the machine.
+    """
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @contextlib.contextmanager
@@ -135,6 +245,7 @@ class Context:
         self._tb = None
         self._prepared = False
         self.t0 = time.perf_counter()
+        self.cpu0 = cpu_seconds()
         if params.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("device=cuda but no GPU is visible")
         self.device = torch.device("cuda" if params.device == "cuda" or
@@ -159,11 +270,22 @@ class Context:
         self._prepare()
         return self.out / name
 
-    def savefig(self, fig, name: str, dpi: int = 80) -> Path:
-        """Save a matplotlib figure as <out>/<name> (PNG) and close it."""
+    def savefig(self, fig, name: str, verdict: dict | None = None, what: str = "") -> Path:
+        """Save a figure as <out>/<name> (PNG, `PLOT_DPI`) with the verdict in its title, and close it.
+
+        Title: '<scenario>[: what] -- REPRODUCED | NOT REPRODUCED: <headline>', wrapped to the width.
+        """
+        import textwrap
+
         import matplotlib.pyplot as plt
+        title = self.name + (f": {what}" if what else "")
+        if verdict is not None:
+            mark = "REPRODUCED" if verdict["reproduced"] else "NOT REPRODUCED"
+            title += f"  |  {mark}: {verdict.get('headline', '')}"
+        width_chars = int(fig.get_figwidth() * 8.5)
+        fig.suptitle("\n".join(textwrap.wrap(title, width_chars)), fontweight="bold")
         p = self.path(name)
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        fig.savefig(p, dpi=PLOT_DPI)
         plt.close(fig)
         self.figures.append(name)
         return p
@@ -205,6 +327,7 @@ class Context:
             "verdict": verdict,
             "plots": list(self.figures),
             "runtime_s": round(time.perf_counter() - self.t0, 2),
+            "cpu_s": round(cpu_seconds() - self.cpu0, 2),
         }
         atomic_write_text(self.path("results.json"), json.dumps(res, indent=1) + "\n")
         if self._tb is not None:
@@ -232,11 +355,16 @@ def data_config(source: str, batch_size: int, image_size: int = 0, **extra):
     return cfg
 
 
-def loader(ctx: Context, batch_size: int, split: str = "train", image_size: int = 0, default: str = "digits"):
-    """The training (or 'val') loader of `--data` (default: the built-in digits) on ctx.device."""
+def loader(ctx: Context, batch_size: int, split: str = "train", image_size: int = 0, default: str = "digits",
+           seed: int | None = None):
+    """The training (or 'val') loader of `--data` (default: the built-in digits) on ctx.device.
+
+    `seed` (default: the scenario's) fixes the training order, so runs of different seeds see different orders.
+    """
     from .. import data
     cfg = data_config(ctx.data or default, batch_size, image_size)
-    return data.build(cfg, split, data.DataContext(0, 1, ctx.device, batch_size, ctx.params.seed, split == "train"))
+    seed = ctx.params.seed if seed is None else seed
+    return data.build(cfg, split, data.DataContext(0, 1, ctx.device, batch_size, seed, split == "train"))
 
 
 def take(ld, n: int) -> list:
@@ -289,3 +417,66 @@ def effective_weight(m: torch.nn.Module) -> torch.Tensor:
     """The weight a conv/linear layer actually applies (reparametrised or plain)."""
     fn = getattr(m, "effective_weight", None)
     return fn() if callable(fn) else m.weight
+
+
+# -- training and evaluation ------------------------------------------------------------------
+
+def diverged_at(losses: list[float], blowup: float = 0.0) -> int | None:
+    """Index of the first loss that is non-finite (or, with blowup > 0, above blowup x losses[0]), else None."""
+    bound = blowup * abs(losses[0]) if losses and blowup > 0 else float("inf")
+    for i, v in enumerate(losses):
+        if not math.isfinite(v) or v > bound:
+            return i
+    return None
+
+
+def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, batches, steps: int, blowup: float = 0.0,
+                on_step=None, scheduler=None) -> dict:
+    """`steps` optimizer steps of cross-entropy training on `batches` (a list, cycled, or an iterator).
+
+    Each step's loss is measured before its update. The run stops at the first loss that
+    `diverged_at` flags (non-finite, or above blowup x the first loss) without applying that
+    update; the step is recorded. ``on_step(step, loss)`` is called for every measured loss;
+    a learning-rate `scheduler` steps after every update.
+    Returns {'losses', 'diverged_at', 'steps_done'} (steps_done = updates applied).
+    """
+    import torch.nn.functional as F
+    it = itertools.cycle(batches) if isinstance(batches, (list, tuple)) else iter(batches)
+    model.train()
+    losses: list[float] = []
+    div = None
+    for step in range(steps):
+        x, y = next(it)
+        loss = F.cross_entropy(model(x).float(), y)
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1])
+        if diverged_at(losses, blowup) is not None:
+            div = step
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return {"losses": losses, "diverged_at": div, "steps_done": len(losses) - (div is not None)}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches) -> dict:
+    """Mean cross-entropy and top-1 accuracy (%) over `batches` in eval mode (the model is left in eval mode)."""
+    import torch.nn.functional as F
+    model.eval()
+    loss = correct = n = 0.0
+    for x, y in batches:
+        out = model(x).float()
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += float((out.argmax(1) == y).sum())
+        n += len(y)
+    n = max(n, 1)
+    return {"loss": loss / n, "top1": 100.0 * correct / n}
+
+
+def epoch_batches(ld, epoch: int = 0) -> list:
+    """All batches of one epoch of `ld` (evaluation splits: the whole split)."""
+    return list(ld.epoch(epoch))

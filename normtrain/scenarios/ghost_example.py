@@ -86,37 +86,69 @@ def flipped_pairs(x: list[float], y: list[float]) -> list[tuple[int, int]]:
 
 def verdict(bn: list[float], ghost: list[float], x: list[float] = X) -> dict:
     criterion = ("every BN and GhostNorm(G_M=2) output equals the paper's printed number at its printed precision, "
-                 "BN flips no pair's order, and GhostNorm puts the 2nd value below the 5th")
+                 "BN (the control) flips no pair's order, and GhostNorm puts the 2nd value below the 5th")
     if list(x) != X:
-        return common.verdict(CLAIM, criterion, "custom values: no paper numbers to compare with", False)
+        return common.verdict(CLAIM, criterion, "custom values: no paper numbers to compare with", False,
+                              "custom values: nothing to compare")
     mb, mg = matches(bn, PAPER_BN), matches(ghost, PAPER_GHOST)
     fb, fg = flipped_pairs(x, bn), flipped_pairs(x, ghost)
     ok = all(mb) and all(mg) and not fb and ghost[1] < ghost[4]
     measured = (f"BN {', '.join(f'{v:.3f}' for v in bn)} ({sum(mb)}/8 match); GhostNorm "
                 f"{', '.join(f'{v:.3f}' for v in ghost)} ({sum(mg)}/8 match); BN flips {len(fb)} pairs, GhostNorm "
                 f"flips {len(fg)} ({', '.join(f'{a}>{b}' for a, b in fg)}), 2nd vs 5th: {ghost[1]:.3f} < {ghost[4]:.3f}.")
-    return common.verdict(CLAIM, criterion, measured, ok)
+    headline = (f"{sum(mb) + sum(mg)}/16 printed values match; GhostNorm puts the 2nd value ({ghost[1]:.2f}) "
+                f"{'below' if ghost[1] < ghost[4] else 'above'} the 5th ({ghost[4]:.2f}), BN flips {len(fb)} pairs")
+    return common.verdict(CLAIM, criterion, measured, ok, headline)
 
 
-def plot(ctx, x, bn, ghost, g) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def spread(values: list[float], gap: float) -> list[tuple[int, float]]:
+    """(index, label height) with labels at their values but at least `gap` apart (pushed upwards)."""
+    out: list[tuple[int, float]] = []
+    for i in sorted(range(len(values)), key=lambda k: values[k]):
+        y = values[i] if not out or values[i] - out[-1][1] >= gap else out[-1][1] + gap
+        out.append((i, y))
+    return out
+
+
+def plot(ctx, x, bn, ghost, g, v) -> None:
     n = len(x)
-    colors = plt.get_cmap("tab10")
-    for i in range(n):
-        chunk = i // (n // g)
-        ax.plot([0, 1], [bn[i], ghost[i]], "-o", color=colors(chunk), lw=1)
-        ax.annotate(f"{i + 1}: {x[i]:g}", (0, bn[i]), xytext=(-52, 0), textcoords="offset points", fontsize=7,
-                    va="center")
-        ax.annotate(f"{ghost[i]:.2f}", (1, ghost[i]), xytext=(6, 0), textcoords="offset points", fontsize=7,
-                    va="center")
-    ax.set_xticks([0, 1], ["BatchNorm", f"GhostNorm (G_M={g})"])
-    ax.set_xlim(-0.45, 1.25)
-    ax.set_ylabel("normalized value")
-    ax.set_title("GhostNorm §2.2 example (colour: ghost chunk)", fontsize=9)
-    ctx.savefig(fig, "ghost_example.png")
+    with common.plotting() as plt:
+        fig, axes = common.figure(plt, 1, 2, panel=(6.5, 5.2))
+        ax = axes[0][0]
+        colors = plt.get_cmap("tab10")
+        for i in range(n):
+            ax.plot([0, 1], [bn[i], ghost[i]], "-o", color=colors(i // (n // g)), lw=1.5, ms=6)
+        # One label per value on each side, spread apart where outputs are close (BN's 1.0 and 1.1).
+        for side, vals, fmt in ((0, bn, lambda i: f"x{i + 1} = {x[i]:g}: {bn[i]:.2f}"),
+                                (1, ghost, lambda i: f"{ghost[i]:.2f}")):
+            for i, y in spread(vals, 0.19):
+                ax.annotate(fmt(i), xy=(side, vals[i]), xytext=(side + (-0.07 if side == 0 else 0.07), y),
+                            textcoords="data", ha="right" if side == 0 else "left", va="center", fontsize=10,
+                            arrowprops=dict(arrowstyle="-", lw=0.5, color="gray"))
+        ax.set_xticks([0, 1], ["BatchNorm", f"GhostNorm (G_M={g})"])
+        ax.set_xlim(-0.85, 1.3)
+        ax.set_ylabel("normalized value (gamma 1, beta 0)")
+        ax.set_title("§2.2 example: each value's BN and GhostNorm output")
+        from matplotlib.lines import Line2D
+        ax.legend(handles=[Line2D([], [], color=colors(c), marker="o", label=f"ghost chunk {c + 1}")
+                           for c in range(g)], loc="lower right")
+        ax = axes[0][1]
+        xs = list(range(1, n + 1))
+        w = 0.38
+        ax.bar([i - w / 2 for i in xs], bn, w, label="BatchNorm (ours)", color="tab:gray")
+        ax.bar([i + w / 2 for i in xs], ghost, w, label=f"GhostNorm G_M={g} (ours)", color="tab:orange")
+        if x == X:
+            ax.plot([i - w / 2 for i in xs], [float(s) for s in PAPER_BN], "k_", ms=18, mew=2.5, label="paper")
+            ax.plot([i + w / 2 for i in xs], [float(s) for s in PAPER_GHOST], "k_", ms=18, mew=2.5)
+        ax.set_xticks(xs, [f"x{i}\n{x[i - 1]:g}" for i in xs])
+        ax.set_xlabel("input position and value")
+        ax.set_ylabel("normalized value")
+        ax.set_title("ours vs the paper's printed numbers (black bars)")
+        ax.axhline(0, color="k", lw=0.6)
+        lo, hi = min(bn + ghost), max(bn + ghost)
+        ax.set_ylim(lo - 0.45 * (hi - lo), hi + 0.1 * (hi - lo))  # room for the legend under the bars
+        ax.legend(loc="lower right")
+        ctx.savefig(fig, "ghost_example.png", v)
 
 
 def run(ctx, p: Params) -> dict:
@@ -124,7 +156,8 @@ def run(ctx, p: Params) -> dict:
     bn = normalize("bn", x, p.ghost_groups, p.eps)
     ghost = normalize("ghost", x, p.ghost_groups, p.eps)
     v = verdict(bn, ghost, x) if p.ghost_groups == 2 else common.verdict(
-        CLAIM, "the paper's example uses G_M = 2", f"ghost_groups={p.ghost_groups}: nothing to compare", False)
+        CLAIM, "the paper's example uses G_M = 2", f"ghost_groups={p.ghost_groups}: nothing to compare", False,
+        "G_M != 2: nothing to compare")
     rows = []
     is_paper = x == X
     for i in range(len(x)):
@@ -133,7 +166,7 @@ def run(ctx, p: Params) -> dict:
     for i, r in enumerate(rows):
         ctx.scalar("bn/output", bn[i], i)
         ctx.scalar("ghost/output", ghost[i], i)
-    plot(ctx, x, bn, ghost, p.ghost_groups)
+    plot(ctx, x, bn, ghost, p.ghost_groups, v)
     meas = {"x": x, "bn": bn, "ghost": ghost,
             "paper_bn": [float(s) for s in PAPER_BN] if is_paper else None,
             "paper_ghost": [float(s) for s in PAPER_GHOST] if is_paper else None,

@@ -1,4 +1,4 @@
-"""A 50-layer linear WN net diverges within 100 iterations at many learning rates; BN does not.
+"""A 50-layer linear WN net diverges at many rates through broken orthogonality; none and BN do not (G&G §5).
 
 Gitman & Ginsburg 2017 §5: "we trained a simple *linear* (with no bias) 50-layer
 fully-connected network on ImageNet. Each layer except for the first and last
@@ -15,19 +15,32 @@ classifier, no non-linearity) with each method of ``methods`` (default wn, bn
 and none) and each learning rate of ``lrs`` (7 log-spaced rates 1e-3..1),
 SGD with momentum 0.9 (the papers' optimizer) on the built-in digits (64 input
 pixels, so every layer is 64 wide) or on ``--data`` flattened at
-``image_size``. ``init`` is xavier: WN and BN are invariant to the weights'
-scale, and the unnormalized control needs a unit-gain init to start finite.
+``image_size``. Every method starts from the *same raw weights* (one ``init``
+draw, xavier: the unnormalized control needs a unit-gain init to start
+finite), so BN and none see WN's v. With ``matched`` (default on) a fourth run,
+``wn (g=|v|)``, initialises WN's g to ||v|| + eps: at step 0 it is the very same
+network as ``none``; the step where their losses part by more than
+``part_tol`` is reported.
 
 Divergence (stated in results.json): the training loss of a step is non-finite
 or above ``blowup`` x the initial loss; the run stops there and the iteration
-(number of updates done) is recorded. Otherwise the final loss is recorded.
-Every ``record_every`` iterations: the mean per-sample L2 norm of each layer's
-output (after its norm layer, if any) and the row coherence of each layer's
-effective weight.
+(number of updates done) is recorded. Every ``record_every`` iterations: the
+mean per-sample L2 norm of each layer's output (after its norm layer, if any),
+the row coherence of each layer's effective weight, and from them the
+mechanism the paper names: the *norm gain* G = ||last hidden output|| /
+||first layer output|| (1 if every layer kept the norm) and the mean row
+coherence of the hidden layers, compared between step 0 and the last record
+before the divergence.
 
-Verdict: WN diverges within min(steps, 100) iterations at >= half of the
-rates, spanning at least a decade ("a wide range"), while BN stays finite at
-most (> half) of the rates at which WN diverged.
+Verdict (all four): (1) WN diverges within min(steps, 100) iterations at >=
+half of the rates, spanning at least a decade ("a wide range"); (2) the BN
+control stays finite at > half of those rates; (3) the mechanism: at >= half
+of WN's diverging rates, before the divergence, WN's norm gain grew by >=
+``norm_growth`` x and its mean row coherence rose by >= ``coherence_rise``;
+(4) the divergence is WN's: at > half of those rates, ``none`` started from the
+same network (the ``wn (g=|v|)`` run with ``matched``, else ``wn``) stays finite
+or diverges at a later iteration. The verdict is false when ``none`` diverges
+as early as WN.
 """
 from __future__ import annotations
 
@@ -51,9 +64,11 @@ def _default_lrs() -> list:
 @dataclass
 class Params(common.Params):
     methods: list[str] = field(default_factory=lambda: ["wn", "bn", "none"])
-    """Normalization methods to compare (normtrain list norms); the verdict needs wn and bn."""
+    """Normalization methods to compare (normtrain list norms); the verdict needs wn, bn and none."""
     lrs: list[float] = field(default_factory=_default_lrs)
     """Learning-rate grid (default 7 log-spaced values, 1e-3 .. 1)."""
+    matched: bool = True
+    """Also run WN with g initialised to ||v|| + eps: the same network as none at step 0."""
     steps: int = 100
     """Training iterations per (method, rate)."""
     batch_size: int = 128
@@ -65,11 +80,17 @@ class Params(common.Params):
     width: int = 64
     """Width of the hidden layers."""
     init: str = "xavier"
-    """Weight init of the raw weights (kaiming, xavier, caffe-xavier, default)."""
+    """Weight init of the shared raw weights (kaiming, xavier, caffe-xavier, default)."""
     blowup: float = 1000.0
     """Divergence bound: a loss above blowup x the initial loss (or non-finite) counts as divergence."""
-    record_every: int = 5
+    record_every: int = 1
     """Record per-layer output norms and row coherence every this many iterations."""
+    norm_growth: float = 2.0
+    """Mechanism: WN's norm gain G must grow by at least this factor before the divergence."""
+    coherence_rise: float = 0.1
+    """Mechanism: WN's mean row coherence (about 0.44 at init) must rise by at least this before the divergence."""
+    part_tol: float = 0.01
+    """wn (g=|v|) and none 'part' at the first step where their losses differ by more than this fraction."""
     plot_lr: float = 0.01
     """Learning rate (nearest grid value) whose per-layer output norms are plotted."""
     image_size: int = 0
@@ -84,9 +105,10 @@ class Params(common.Params):
         common.known(methods=self.methods)
         for lr in self.lrs:
             common.positive("lrs", lr)
-        for k in ("steps", "batch_size", "depth", "width", "record_every"):
+        for k in ("steps", "batch_size", "depth", "width", "record_every", "norm_growth", "part_tol"):
             common.positive(k, getattr(self, k))
         common.positive("blowup", self.blowup)
+        common.positive("coherence_rise", self.coherence_rise, allow_zero=True)
         common.positive("image_size", self.image_size, allow_zero=True)
         if not 0 <= self.momentum < 1:
             raise ValueError("momentum: must be in [0, 1)")
@@ -95,7 +117,11 @@ class Params(common.Params):
 
 
 CLAIM = ("A 50-layer linear bias-free 64-wide network with weight normalization diverges within 100 iterations "
-         "over a wide range of learning rates (Gitman & Ginsburg 2017 §5), while batch normalization does not.")
+         "over a wide range of learning rates due to broken orthogonality (Gitman & Ginsburg 2017 §5): its norm gain "
+         "and row coherence grow before it diverges, while batch normalization and no normalization do not diverge "
+         "there.")
+
+MATCHED = "wn (g=|v|)"
 
 
 # -- measurements -----------------------------------------------------------------------
@@ -129,19 +155,67 @@ def layer_units(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 def diverged_at(losses: list[float], blowup: float) -> int | None:
     """Index of the first loss that is non-finite or above blowup x losses[0], else None."""
-    if not losses:
-        return None
-    bound = blowup * abs(losses[0])
-    for i, v in enumerate(losses):
-        if not math.isfinite(v) or v > bound:
+    return common.diverged_at(losses, blowup) if losses else None
+
+
+def mean_coherence(records: list[dict]) -> list[float]:
+    """Per record: the mean over hidden layers of the row coherence (the classifier is left out)."""
+    return [sum(r["coherence"][:-1]) / max(len(r["coherence"]) - 1, 1) for r in records]
+
+
+def norm_gain(records: list[dict]) -> list[float]:
+    """Per record: G = ||last hidden layer output|| / ||first layer output|| (nan if not finite)."""
+    out = []
+    for r in records:
+        n = r["out_norms"]
+        a, b = (n[0], n[-2]) if len(n) > 1 else (n[0], n[0])
+        out.append(b / a if a and math.isfinite(a) and math.isfinite(b) and a > 0 else float("nan"))
+    return out
+
+
+def mechanism(records: list[dict], div: int | None) -> dict:
+    """Norm-gain growth and coherence rise between step 0 and the last record before the divergence (or the end)."""
+    if not records:
+        return {"pre_step": None, "gain_0": None, "gain_pre": None, "gain_growth": None, "coherence_0": None,
+                "coherence_pre": None, "coherence_rise": None}
+    pre = [i for i, r in enumerate(records) if div is None or r["step"] < div]
+    i = pre[-1] if pre else 0
+    g, c = norm_gain(records), mean_coherence(records)
+    growth = g[i] / g[0] if math.isfinite(g[i]) and math.isfinite(g[0]) and g[0] > 0 else float("nan")
+    return {"pre_step": records[i]["step"], "gain_0": g[0], "gain_pre": g[i], "gain_growth": growth,
+            "coherence_0": c[0], "coherence_pre": c[i], "coherence_rise": c[i] - c[0]}
+
+
+def parting_step(a: list[float], b: list[float], tol: float) -> int | None:
+    """First step where |a - b| > tol |b| (or one of them is non-finite), over their common length."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if not (math.isfinite(x) and math.isfinite(y)) or abs(x - y) > tol * abs(y):
             return i
     return None
 
 
-def train_one(ctx, p: Params, method: str, lr: float, batches, in_shape, num_classes) -> dict:
+def shared_weights(p: Params, num_classes: int, in_shape) -> list[torch.Tensor]:
+    """One draw of raw weights for every run: the linear layers of an unnormalized linear50, seeded."""
     torch.manual_seed(p.seed)
-    model = models.build("linear50", norms.get(method), num_classes, in_shape, init=p.init,
-                         depth=p.depth, width=p.width).to(ctx.device)
+    ref = models.build("linear50", norms.get("none"), num_classes, in_shape, init=p.init, depth=p.depth,
+                       width=p.width)
+    return [m.weight.detach().clone() for m in ref.modules() if isinstance(m, nn.Linear)]
+
+
+def train_one(ctx, p: Params, method: str, lr: float, batches, in_shape, num_classes, weights) -> dict:
+    torch.manual_seed(p.seed)
+    base = "wn" if method == MATCHED else method
+    model = models.build("linear50", norms.get(base), num_classes, in_shape, init=p.init,
+                         depth=p.depth, width=p.width)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin, w in zip(linears, weights):
+            lin.weight.copy_(w)
+            if method == MATCHED:  # g = ||v|| + eps: effective weight g v / (||v|| + eps) = v
+                lin.gain.copy_(w.norm(dim=1) + lin.eps)
+    model.to(ctx.device)
+    start_distance = max(float((common.effective_weight(lin).detach().cpu() - w).abs().max())
+                         for lin, w in zip(linears, weights))
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=p.momentum)
     units = layer_units(model)
@@ -177,83 +251,151 @@ def train_one(ctx, p: Params, method: str, lr: float, batches, in_shape, num_cla
         for h in handles:
             h.remove()
     return {"method": method, "lr": lr, "diverged_at": div, "initial_loss": losses[0],
-            "final_loss": losses[-1], "losses": losses, "records": records}
+            "final_loss": losses[-1], "start_weight_distance_to_raw": start_distance, "losses": losses,
+            "mechanism": mechanism(records, div), "records": records}
 
 
 # -- verdict ------------------------------------------------------------------------------
 
-def verdict(wn: list[tuple[float, int | None]], bn: list[tuple[float, int | None]], horizon: int = 100) -> dict:
-    """wn, bn: (lr, diverged_at or None) per grid rate. See the module docstring for the criterion."""
-    criterion = (f"WN diverges (non-finite loss or loss > blowup x initial) within {horizon} iterations at >= half "
-                 f"of the grid's rates spanning >= 1 decade, and BN stays finite at > half of those rates")
-    if not wn or not bn:
-        return common.verdict(CLAIM, criterion, "methods must include both wn and bn for a verdict", False)
-    wn_div = sorted(lr for lr, d in wn if d is not None and d <= horizon)
-    bn_div = {lr for lr, d in bn if d is not None}
-    span = (max(wn_div) / min(wn_div)) if wn_div else 0.0
-    wide = len(wn_div) >= math.ceil(len(wn) / 2) and span >= 10 - 1e-9
-    bn_ok = sum(1 for lr in wn_div if lr not in bn_div)
-    bn_stable = bool(wn_div) and bn_ok > len(wn_div) / 2
-    first = {lr: d for lr, d in wn}
-    measured = (f"WN diverged within {horizon} iterations at {len(wn_div)}/{len(wn)} rates "
-                f"({', '.join(f'{lr:g}@{first[lr]}' for lr in wn_div) or 'none'}; lr@iteration), "
-                f"spanning {span:.3g}x; BN diverged at {len(bn_div)}/{len(bn)} rates "
-                f"({', '.join(f'{lr:g}' for lr in sorted(bn_div)) or 'none'}) and stayed finite at "
-                f"{bn_ok}/{len(wn_div)} of WN's diverging rates.")
-    return common.verdict(CLAIM, criterion, measured, wide and bn_stable)
+def verdict(wn: list[dict], bn: list[dict], none: list[dict], same_start: list[dict] | None = None,
+            horizon: int = 100, norm_growth: float = 2.0, coherence_rise: float = 0.1) -> dict:
+    """Per grid rate and method: {'lr', 'diverged_at', 'gain_growth', 'coherence_rise'} (the last two for wn).
+
+    `same_start`: the WN run that starts as the same network as none (wn with g = ||v||), for part (4);
+    without it part (4) compares none with `wn`.
+    """
+    criterion = (f"(1) WN diverges (non-finite loss or loss > blowup x initial) within {horizon} iterations at >= half "
+                 f"of the rates, spanning >= 1 decade; (2) BN stays finite at > half of those rates; (3) at >= half of "
+                 f"them, before diverging, WN's norm gain G = ||last hidden|| / ||first layer output|| grew >= "
+                 f"{norm_growth:g}x and its mean row coherence rose >= {coherence_rise:g}; (4) at > half of them, "
+                 f"none started from the same network stays finite or diverges later than WN")
+    if not wn or not bn or not none:
+        return common.verdict(CLAIM, criterion, "methods must include wn, bn and none for a verdict", False,
+                              "needs wn, bn and none")
+    def by(runs):
+        return {r["lr"]: r for r in runs}
+    W, B, N = by(wn), by(bn), by(none)
+    S = by(same_start) if same_start else W
+    rates = sorted(lr for lr, r in W.items() if r["diverged_at"] is not None and r["diverged_at"] <= horizon)
+    span = max(rates) / min(rates) if rates else 0.0
+    wide = len(rates) >= math.ceil(len(W) / 2) and span >= 10 - 1e-9
+    bn_ok = [lr for lr in rates if lr in B and B[lr]["diverged_at"] is None]
+    mech = [lr for lr in rates if (W[lr].get("gain_growth") or 0) >= norm_growth
+            and (W[lr].get("coherence_rise") or 0) >= coherence_rise]
+
+    def later(lr):  # none stays finite or diverges after the same-start WN run
+        n, w = N.get(lr), S.get(lr)
+        if n is None or w is None:
+            return False
+        return n["diverged_at"] is None or (w["diverged_at"] is not None and n["diverged_at"] > w["diverged_at"])
+    none_ok = [lr for lr in rates if later(lr)]
+    parts = [wide, len(bn_ok) > len(rates) / 2, bool(rates) and len(mech) >= len(rates) / 2,
+             len(none_ok) > len(rates) / 2]
+
+    def at(runs, lr):
+        d = runs.get(lr, {}).get("diverged_at")
+        return "-" if d is None else str(d)
+
+    def num(lr, key):
+        v = W[lr].get(key)
+        return float("nan") if v is None else v
+    yes = ["yes" if ok else "no" for ok in parts]
+    ref = "wn (g=|v|)" if same_start else "WN"
+    growths = ", ".join(f"{num(lr, 'gain_growth'):.3g}x" for lr in rates) or "-"
+    rises = ", ".join(f"{num(lr, 'coherence_rise'):+.3f}" for lr in rates) or "-"
+    none_at = ", ".join(f"{lr:g}@{at(N, lr)}" for lr in rates) or "-"
+    same_at = ", ".join(f"{lr:g}@{at(S, lr)}" for lr in rates) or "-"
+    wn_at = ", ".join(f"{lr:g}@{at(W, lr)}" for lr in rates) or "none"
+    measured = (f"(1) {yes[0]}: WN diverged within {horizon} iterations at {len(rates)}/{len(W)} rates ({wn_at}; "
+                f"lr@iteration), spanning {span:.3g}x; (2) {yes[1]}: BN stayed finite at {len(bn_ok)}/{len(rates)} of "
+                f"them; (3) {yes[2]}: before diverging, WN's norm gain grew {growths} and its mean row coherence rose "
+                f"by {rises} (mechanism at {len(mech)}/{len(rates)}); (4) {yes[3]}: none diverged at {none_at} vs "
+                f"{ref} at {same_at} (later or never at {len(none_ok)}/{len(rates)}).")
+    headline = (f"WN diverged at {len(rates)}/{len(W)} rates, BN at {len(rates) - len(bn_ok)} of them, none no later "
+                f"than {ref} at {len(rates) - len(none_ok)}; WN's norm gain and coherence rose before diverging at "
+                f"{len(mech)}/{len(rates)}")
+    return common.verdict(CLAIM, criterion, measured, all(parts), headline)
 
 
 # -- plots ---------------------------------------------------------------------------------
 
-def plot(ctx, p: Params, runs: list[dict], plot_lr: float) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    methods = p.methods
+def _lr_colors(plt, lrs):
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False, sharey=True)
-    for ax, m in zip(axes[0], methods):
-        rs = [r for r in runs if r["method"] == m]
-        for k, r in enumerate(rs):
-            ls = [v if math.isfinite(v) else float("nan") for v in r["losses"]]
-            c = cmap(k / max(len(rs) - 1, 1))
-            ax.plot(range(len(ls)), ls, color=c, lw=1.2, label=f"lr {r['lr']:g}")
-            if r["diverged_at"] is not None:
-                finite = [v for v in ls if math.isfinite(v)]
-                ax.plot([r["diverged_at"]], [min(finite[-1], 1e6) if finite else 1e6], "x", color=c, ms=8)
-        ax.set_yscale("log")
-        ax.set_ylim(top=3e6)
-        ax.set_title(f"{m}: training loss (x = diverged)", fontsize=9)
-        ax.set_xlabel("iteration")
-    axes[0][0].set_ylabel("cross-entropy")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"linear{p.depth}: loss per learning rate", fontsize=10)
-    ctx.savefig(fig, "loss_curves.png")
+    return {lr: cmap(k / max(len(lrs) - 1, 1)) for k, lr in enumerate(sorted(lrs))}
 
-    fig, axes = plt.subplots(2, len(methods), figsize=(4.2 * len(methods), 6.4), squeeze=False)
-    for j, m in enumerate(methods):
-        r = next(r for r in runs if r["method"] == m and r["lr"] == plot_lr)
-        ax = axes[0][j]
-        recs = r["records"]
-        for k, rec in enumerate(recs):
-            vals = [v if v is not None and math.isfinite(v) else float("nan") for v in rec["out_norms"]]
-            ax.plot(range(1, len(vals) + 1), vals, color=cmap(k / max(len(recs) - 1, 1)), lw=1)
-        ax.set_yscale("log")
-        ax.set_title(f"{m}, lr {plot_lr:g}: output norm by layer", fontsize=9)
-        ax.set_xlabel("layer (colour: iteration, dark = early)", fontsize=8)
-        ax = axes[1][j]
-        steps = [rec["step"] for rec in recs]
-        hidden = [rec["coherence"][:-1] for rec in recs]
-        ax.plot(steps, [max(h) for h in hidden], label="max over layers")
-        ax.plot(steps, [sum(h) / len(h) for h in hidden], label="mean over layers")
-        ax.set_title(f"{m}, lr {plot_lr:g}: row coherence of W", fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("mean ||output|| per sample")
-    axes[1][0].set_ylabel("max |cos(w_i, w_j)|")
-    fig.tight_layout()
-    ctx.savefig(fig, "output_norms.png")
+
+def plot(ctx, p: Params, runs: list[dict], plot_lr: float, v: dict) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    with common.plotting() as plt:
+        colors = _lr_colors(plt, p.lrs)
+        cols = min(len(methods), 4)
+        rows = math.ceil(len(methods) / cols)
+        fig, axes = common.figure(plt, rows, cols, panel=(4.6, 4.2), sharey=True)
+        for k, m in enumerate(methods):
+            ax = axes[k // cols][k % cols]
+            for r in (r for r in runs if r["method"] == m):
+                ls = common.positive_or_nan(r["losses"])
+                c = colors[r["lr"]]
+                ax.plot(range(len(ls)), ls, color=c, lw=1.6, label=f"lr {r['lr']:g}")
+                if r["diverged_at"] is not None:
+                    finite = [x for x in ls if math.isfinite(x)]
+                    ax.plot([r["diverged_at"]], [min(finite[-1], 1e6) if finite else 1e6], "x", color=c, ms=10,
+                            mew=2)
+            ax.set_yscale("log")
+            ax.set_ylim(top=3e6)
+            ax.set_title(f"{m}: training loss (x = diverged)")
+            ax.set_xlabel("iteration")
+            ax.set_ylabel("cross-entropy")
+            ax.legend(loc="upper right", ncol=2, fontsize=9)
+        for k in range(len(methods), rows * cols):
+            axes[k // cols][k % cols].set_visible(False)
+        ctx.savefig(fig, "loss_curves.png", v, f"linear{p.depth}, loss per learning rate")
+
+        fig, axes = common.figure(plt, 2, len(methods), panel=(4.6, 4.3))
+        at_lr = {m: next(r for r in runs if r["method"] == m and r["lr"] == plot_lr) for m in methods}
+        cmap = common.truncated_cmap(plt, "magma_r", 0.15, 1.0)  # no near-white lines
+        for j, m in enumerate(methods):
+            ax = axes[0][j]
+            recs = at_lr[m]["records"]
+            last = max(rec["step"] for rec in recs) or 1
+            for rec in recs:
+                ax.plot(range(1, len(rec["out_norms"]) + 1), common.positive_or_nan(rec["out_norms"]),
+                        color=cmap(rec["step"] / last), lw=1)
+            ax.set_yscale("log")
+            ax.set_title(f"{m}, lr {plot_lr:g}: output norm by layer")
+            ax.set_xlabel("layer")
+            ax.set_ylabel("mean per-sample ||output||")
+            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, last))
+            fig.colorbar(sm, ax=ax, label="iteration", pad=0.01)
+        bottom = axes[1]
+        # none and wn (g=|v|) start as the same network: dashed and solid so that both stay visible
+        styles = dict(zip(methods, (("tab:blue", "-", 2.0), ("tab:purple", "-", 2.0), ("tab:green", "--", 3.0),
+                                    ("tab:red", "-", 1.4), ("tab:orange", ":", 2.0))))
+        for m in methods:
+            r = at_lr[m]
+            color, ls, lw = styles[m]
+            kw = dict(color=color, ls=ls, lw=lw, label=m)
+            steps = [rec["step"] for rec in r["records"]]
+            bottom[0].plot(steps, common.positive_or_nan(norm_gain(r["records"])), **kw)
+            bottom[1].plot(steps, mean_coherence(r["records"]), **kw)
+            if len(bottom) > 2:
+                bottom[2].plot(range(len(r["losses"])), common.positive_or_nan(r["losses"]), **kw)
+        bottom[0].set_yscale("log")
+        bottom[0].set_title(f"norm gain G = ||last hidden|| / ||first|| (lr {plot_lr:g})")
+        bottom[0].set_ylabel("G (1 = norms kept)")
+        bottom[1].set_title(f"mean row coherence of the hidden layers (lr {plot_lr:g})")
+        bottom[1].set_ylabel("mean over layers of max |cos(w_i, w_j)|")
+        bottom[1].set_ylim(0, 1.05)
+        if len(bottom) > 2:
+            bottom[2].set_yscale("log")
+            bottom[2].set_title(f"training loss at lr {plot_lr:g}: where the paths part")
+            bottom[2].set_ylabel("cross-entropy")
+        for ax in bottom[:3]:
+            ax.set_xlabel("iteration")
+            ax.legend()
+        for ax in bottom[3:]:
+            ax.set_visible(False)
+        ctx.savefig(fig, "output_norms.png", v, f"per-layer output norms and row coherence at lr {plot_lr:g}")
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -266,36 +408,62 @@ def run(ctx, p: Params) -> dict:
         batches.append((x, y))
         if len(batches) > p.steps or len(batches) * p.batch_size >= 50_000:
             break
+    weights = shared_weights(p, ld.num_classes, ld.in_shape)
     plot_lr = min(p.lrs, key=lambda lr: abs(math.log(lr) - math.log(p.plot_lr)))
+    methods = list(p.methods) + ([MATCHED] if p.matched and "wn" in p.methods else [])
     runs = []
-    bar = ctx.progress(total=len(p.methods) * len(p.lrs), desc="linear50-wn")
-    for m in p.methods:
+    bar = ctx.progress(total=len(methods) * len(p.lrs), desc="linear50-wn")
+    for m in methods:
         for lr in p.lrs:
-            r = train_one(ctx, p, m, lr, batches, ld.in_shape, ld.num_classes)
+            r = train_one(ctx, p, m, lr, batches, ld.in_shape, ld.num_classes, weights)
             runs.append(r)
-            for i, v in enumerate(r["losses"]):
-                ctx.scalar(f"{m}/lr_{lr:g}/loss", v, i)
+            for i, value in enumerate(r["losses"]):
+                ctx.scalar(f"{m}/lr_{lr:g}/loss", value, i)
             bar.update(1)
             bar.set_postfix({"method": m, "lr": f"{lr:g}"})
     bar.close()
-    plot(ctx, p, runs, plot_lr)
     horizon = min(p.steps, 100)
-    pairs = {m: [(r["lr"], r["diverged_at"]) for r in runs if r["method"] == m] for m in p.methods}
-    v = verdict(pairs.get("wn", []), pairs.get("bn", []), horizon)
+
+    def rows_of(m):
+        return [{"lr": r["lr"], "diverged_at": r["diverged_at"], **{k: r["mechanism"][k] for k in
+                ("gain_growth", "coherence_rise")}} for r in runs if r["method"] == m]
+    v = verdict(rows_of("wn"), rows_of("bn"), rows_of("none"), rows_of(MATCHED) or None, horizon, p.norm_growth,
+                p.coherence_rise)
+    plot(ctx, p, runs, plot_lr, v)
+    parting = {}
+    if MATCHED in methods and "none" in methods:
+        for lr in p.lrs:
+            a = next(r for r in runs if r["method"] == MATCHED and r["lr"] == lr)
+            b = next(r for r in runs if r["method"] == "none" and r["lr"] == lr)
+            parting[f"{lr:g}"] = {"parting_step": parting_step(a["losses"], b["losses"], p.part_tol),
+                                  "wn_g_v_diverged_at": a["diverged_at"], "none_diverged_at": b["diverged_at"],
+                                  "start_weight_distance": a["start_weight_distance_to_raw"]}
     rows = []
     for r in runs:
-        rec1 = r["records"][-1]
+        mech = r["mechanism"]
         rows.append([r["method"], r["lr"], r["diverged_at"] if r["diverged_at"] is not None else "-",
-                     r["initial_loss"], r["final_loss"], max(rec1["coherence"][:-1]),
-                     rec1["out_norms"][-2] if len(rec1["out_norms"]) > 1 else None])
-    summary = common.table(["method", "lr", "diverged@", "loss0", "loss_end", "coherence_end", "norm_L49_end"], rows)
+                     r["initial_loss"], r["final_loss"], mech["gain_0"], mech["gain_pre"], mech["coherence_0"],
+                     mech["coherence_pre"]])
+    summary = common.table(["method", "lr", "diverged@", "loss0", "loss_end", "G0", "G_pre", "coh0", "coh_pre"], rows)
+    if parting:
+        summary += "\n\n" + common.table(
+            ["lr", "wn (g=|v|) vs none part at", "wn (g=|v|) diverged@", "none diverged@"],
+            [[lr, d["parting_step"] if d["parting_step"] is not None else "-",
+              d["wn_g_v_diverged_at"] if d["wn_g_v_diverged_at"] is not None else "-",
+              d["none_diverged_at"] if d["none_diverged_at"] is not None else "-"] for lr, d in parting.items()])
     per_method = {}
-    for m in p.methods:
+    for m in methods:
         rs = [r for r in runs if r["method"] == m]
         per_method[m] = {"diverged_lrs": [r["lr"] for r in rs if r["diverged_at"] is not None],
                          "diverged_at": {f"{r['lr']:g}": r["diverged_at"] for r in rs},
+                         "mechanism": {f"{r['lr']:g}": r["mechanism"] for r in rs},
                          "final_loss": {f"{r['lr']:g}": r["final_loss"] for r in rs if r["diverged_at"] is None}}
     meas = {"divergence_definition": f"loss non-finite or > {p.blowup:g} x the initial loss; "
                                      f"'diverged_at' = number of updates done when it happened",
-            "data_in_shape": list(ld.in_shape), "plot_lr": plot_lr, "per_method": per_method, "runs": runs}
+            "mechanism_definition": "norm gain G = ||last hidden layer output|| / ||first layer output||; coherence = "
+                                    "mean over hidden layers of max_{i!=j} |cos(w_i, w_j)|; compared at step 0 and "
+                                    "at the last record before the divergence",
+            "shared_raw_weights": f"one {p.init} draw (seed {p.seed}) copied into every run",
+            "data_in_shape": list(ld.in_shape), "plot_lr": plot_lr, "per_method": per_method,
+            "matched_vs_none": parting, "runs": runs}
     return ctx.finish(meas, v, summary)

@@ -161,56 +161,65 @@ def summarize(rec: dict) -> dict:
             "probes": n, "non_finite_probes": len(rec["probes"]) - n}
 
 
-def verdict(bn: dict, ghost: dict) -> dict:
-    """bn, ghost: `summarize` outputs."""
+def verdict(bn: dict, ghost: dict, none: dict | None = None) -> dict:
+    """bn, ghost (and the optional `none` baseline, reported): `summarize` outputs."""
     criterion = ("mean over probed steps of the loss range (max - min over eta) and of the maximum gradient "
-                 "distance ||g(theta) - g(theta - eta g)|| are both larger for GhostNorm than for BN")
+                 "distance ||g(theta) - g(theta - eta g)|| are both larger for GhostNorm than for the BN control")
     if not bn or not ghost:
-        return common.verdict(CLAIM, criterion, "methods must include both bn and ghost for a verdict", False)
+        return common.verdict(CLAIM, criterion, "methods must include both bn and ghost for a verdict", False,
+                              "needs bn and ghost")
     vals = [bn["loss_range"], ghost["loss_range"], bn["grad_dist_max"], ghost["grad_dist_max"]]
     if not all(math.isfinite(v) for v in vals):
-        return common.verdict(CLAIM, criterion, "no finite probes", False)
+        return common.verdict(CLAIM, criterion, "no finite probes", False, "no finite probes")
     r1 = ghost["loss_range"] / bn["loss_range"] if bn["loss_range"] > 0 else float("inf")
     r2 = ghost["grad_dist_max"] / bn["grad_dist_max"] if bn["grad_dist_max"] > 0 else float("inf")
+    base = ""
+    if none and math.isfinite(none.get("loss_range", float("nan"))):
+        base = (f"; no normalization: loss range {none['loss_range']:.4g}, max gradient distance "
+                f"{none['grad_dist_max']:.4g}")
     measured = (f"loss range: ghost {ghost['loss_range']:.4g} vs bn {bn['loss_range']:.4g} ({r1:.3g}x); "
                 f"max gradient distance: ghost {ghost['grad_dist_max']:.4g} vs bn {bn['grad_dist_max']:.4g} "
-                f"({r2:.3g}x); effective beta: ghost {ghost['beta_eff']:.4g} vs bn {bn['beta_eff']:.4g}.")
-    return common.verdict(CLAIM, criterion, measured, r1 > 1 and r2 > 1)
+                f"({r2:.3g}x); effective beta: ghost {ghost['beta_eff']:.4g} vs bn {bn['beta_eff']:.4g}{base}.")
+    headline = f"GhostNorm's loss range {r1:.3g}x BN's, its gradient distance {r2:.3g}x"
+    return common.verdict(CLAIM, criterion, measured, r1 > 1 and r2 > 1, headline)
 
 
-def plot(ctx, p: Params, recs: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+def plot(ctx, p: Params, recs: dict, v: dict) -> None:
     colors = {"bn": "tab:blue", "ghost": "tab:orange", "none": "tab:green"}
-    for m, rec in recs.items():
-        pr = rec["probes"]
-        if not pr:
-            continue
-        s = [q["step"] for q in pr]
-        c = colors.get(m)
-        axes[0].fill_between(s, [q["loss_min"] for q in pr], [q["loss_max"] for q in pr], alpha=0.35, color=c,
-                             label=m, lw=0)
-        axes[1].fill_between(s, [q["grad_dist_min"] for q in pr], [q["grad_dist_max"] for q in pr], alpha=0.35,
-                             color=c, label=m, lw=0)
-    axes[0].set_title(f"loss landscape: min-max loss over eta in [{min(p.probe_lrs):g}, {max(p.probe_lrs):g}]",
-                      fontsize=9)
-    axes[1].set_title("gradient predictiveness: min-max ||g(theta) - g(theta - eta g)||", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("training step")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    ctx.savefig(fig, "loss_landscape.png")
+    with common.plotting() as plt:
+        fig, axes = common.figure(plt, 1, 3, panel=(5.0, 4.6))
+        for m, rec in recs.items():
+            c = colors.get(m)
+            label = f"{m} (G_M={p.ghost_groups})" if m == "ghost" else m
+            axes[0][2].plot(rec["steps"], common.positive_or_nan(rec["loss"]), color=c, label=label)
+            pr = rec["probes"]
+            if not pr:
+                continue
+            s = [q["step"] for q in pr]
+            axes[0][0].fill_between(s, [q["loss_min"] for q in pr], [q["loss_max"] for q in pr], alpha=0.35,
+                                    color=c, label=label, lw=0)
+            axes[0][1].fill_between(s, [q["grad_dist_min"] for q in pr], [q["grad_dist_max"] for q in pr],
+                                    alpha=0.35, color=c, label=label, lw=0)
+        axes[0][0].set_title(f"loss at theta - eta g, eta in [{min(p.probe_lrs):g}, {max(p.probe_lrs):g}]")
+        axes[0][0].set_ylabel("cross-entropy (band: min to max over eta)")
+        axes[0][1].set_title("gradient predictiveness")
+        axes[0][1].set_ylabel("||g(theta) - g(theta - eta g)||, min to max")
+        axes[0][2].set_title(f"{p.model} training loss (lr {p.lr:g})")
+        axes[0][2].set_ylabel("cross-entropy")
+        for ax in axes[0]:
+            ax.set_xlabel("training step")
+            ax.set_yscale("log")
+            ax.legend()
+        ctx.savefig(fig, "loss_landscape.png", v)
 
 
 def run(ctx, p: Params) -> dict:
     ld = common.loader(ctx, p.batch_size, "train", p.image_size)
     batches = common.take(ld, p.steps)
     recs = {m: train_method(ctx, p, m, batches, ld.in_shape, ld.num_classes)[0] for m in p.methods}
-    plot(ctx, p, recs)
     sums = {m: summarize(r) for m, r in recs.items()}
-    v = verdict(sums.get("bn"), sums.get("ghost"))
+    v = verdict(sums.get("bn"), sums.get("ghost"), sums.get("none"))
+    plot(ctx, p, recs, v)
     rows = [[m, s["probes"], recs[m]["loss"][-1] if recs[m]["loss"] else None, s["loss_range"], s["grad_dist_max"],
              s.get("grad_dist_range"), s["beta_eff"], recs[m]["diverged_at"] if recs[m]["diverged_at"] is not None
              else "-"] for m, s in sums.items()]

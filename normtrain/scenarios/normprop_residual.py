@@ -1,63 +1,84 @@
-"""NormProp ResNet: per-block variance with and without the residual modification (x + f(x))/sqrt(2).
+"""NormProp ResNet trains only with the residual modification, and fails at large rates where BN trains (G&G §4.2).
 
 Gitman & Ginsburg 2017 §4.2: "Training with normalization propagation required a
 modification of the original algorithm to work with residual connections to
 ensure that output of each layer stays normal under the normal distribution
-assumption." normtrain implements the modification (DESIGN §3) as the block
-output (shortcut + branch)/sqrt(2), switched by ``norm.residual_scale``: the sum
-of two uncorrelated unit-variance signals has variance 2.
+assumption. And even with that modification network either converged to a poor
+local minimum or diverged after a few iterations if the initial learning rate
+was large." normtrain implements the modification (DESIGN §3) as the block
+output (shortcut + branch)/sqrt(2), switched by ``norm.residual_scale``.
 
-What runs: a NormProp ``resnet56`` (27 residual blocks; option-B projection
-shortcuts built through the bundle, so they are normalized too), once with
-``residual_scale`` true and once false, same seed. For every residual block, in
-forward order, the channel variance of the block output and of the residual
-branch and the squared channel mean (statistics over N, H, W, averaged over
-channels, the SPP convention of `normtrain.models.signal`) on a fixed probe
-batch: white noise N(0, 1) in the shape of the data (NormProp's normal-input
-assumption; default), or a batch of the evaluation data with ``probe=data``.
-Measured at initialisation and after ``steps`` SGD steps on the training data
-(default: the built-in digits); a diverging run is recorded, not an error, and
-measured at its last finite weights.
+What runs: a NormProp ``model`` (default ``resnet20``, option-B projection
+shortcuts built through the bundle, so they are normalized too) with and
+without the modification, and the same network with ``bn`` as the control,
+each trained for ``steps`` SGD steps (momentum 0.9) at every learning rate of
+``lrs`` from the same seed, on the same batches of the built-in digits (or
+``--data``). Per run: the loss curve; *diverged* if a loss is non-finite or above
+``blowup`` x the first one; otherwise the final loss (mean of the last
+``tail`` of the steps) is *trained* if <= ``trained_below`` x ln(classes)
+(chance level), else *not trained*; a trained NormProp run is a *poor minimum*
+when its final loss exceeds ``poor`` x BN's at the same rate.
 
-Verdict (at initialisation, where the normal-input assumption is meant to hold):
-with the modification every block's variance stays within a factor ``band`` of
-1; without it the variance grows (last block > ``band`` x first block).
+Diagnostic (not in the verdict): on a probe batch (white noise N(0, 1) in the
+data's shape, NormProp's normal-input assumption, or ``probe=data``) at
+initialisation, for gamma_init in ``gamma_inits`` (1/1.21, Arpit et al.'s, and
+1, the value the equation is derived for) with and without the modification,
+per residual block in forward order: the channel variance and squared mean of
+the block output (statistics over N, H, W, averaged over channels, the SPP
+convention of `normtrain.models.signal`), the variance and skewness of the join
+output, and the gain of the NormProp-ReLU after the join (block output variance
+/ join variance). The results state where the growth comes from.
+
+Verdict (all four): (1) without the modification NormProp trains at none of the
+rates; (2) with it, it trains at one rate at least; (3) with it, at the largest
+rate at which BN trains, it diverges, does not train or ends at a poor minimum;
+(4) the BN control trains at >= half of the rates.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .. import models, norms
-from ..models.signal import signal_prop
 from . import common
 
 USES_DATA = True
 
-CLAIM = ("NormProp in a residual network keeps the activations unit-variance only with the residual modification "
-         "(block output (x + f(x))/sqrt(2)); without it the variance grows from block to block "
-         "(Gitman & Ginsburg 2017 §4.2; DESIGN §3).")
+CLAIM = ("NormProp needs the residual modification to train a ResNet at all, and even with it the network converges "
+         "to a poor minimum or diverges when the initial learning rate is large, where BN trains "
+         "(Gitman & Ginsburg 2017 §4.2).")
+
+CONFIGS = (("with", "normprop", True), ("without", "normprop", False), ("bn", "bn", None))
+LABELS = {"with": "NormProp, (x + f(x))/sqrt(2)", "without": "NormProp, x + f(x)", "bn": "BN (control)"}
+COLORS = {"with": "tab:blue", "without": "tab:red", "bn": "tab:gray"}
 
 
 @dataclass
 class Params(common.Params):
-    model: str = "resnet56"
-    """Residual network (any model whose blocks have a `join`, e.g. resnet56, resnet18, preact-resnet50)."""
-    steps: int = 30
-    """SGD steps after which the variances are measured again (0 = initialisation only)."""
-    lr: float = 0.001
-    """Learning rate of those steps (SGD, momentum 0.9)."""
-    batch_size: int = 64
+    model: str = "resnet20"
+    """Residual network (any model whose blocks have a `join`: resnet20, resnet56, resnet18, preact-resnet50...)."""
+    lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    """Initial learning rates of the sweep (constant; SGD, momentum 0.9)."""
+    steps: int = 150
+    """Training steps per (configuration, rate)."""
+    batch_size: int = 32
     """Training mini-batch size."""
+    blowup: float = 1000.0
+    """Diverged: a loss non-finite or above blowup x the first loss."""
+    trained_below: float = 0.5
+    """Trained: final loss <= trained_below x ln(classes) (chance level)."""
+    poor: float = 3.0
+    """Poor minimum: a trained NormProp run's final loss > poor x BN's at the same rate."""
+    tail: float = 0.1
+    """Final loss = mean over this last fraction of the steps."""
+    gamma_inits: list[float] = field(default_factory=lambda: [1 / 1.21, 1.0])
+    """NormProp gamma initial values probed (the training runs use the first)."""
     probe: str = "noise"
     """Probe input: 'noise' (white noise N(0, 1) in the data's shape: the normal-input assumption) or 'data' (a fixed batch of the evaluation data)."""
     probe_size: int = 128
     """Probe batch size."""
-    band: float = 2.0
-    """'Near 1' means within [1/band, band]; 'grows' means last block > band x first block."""
     image_size: int = 0
     """With --data: resize to this size (0 = natural size)."""
     threads: int = 1
@@ -66,139 +87,269 @@ class Params(common.Params):
     def check(self) -> None:
         super().check()
         common.known(self.model)
-        for k in ("batch_size", "probe_size", "lr"):
+        if not self.lrs or not self.gamma_inits:
+            raise ValueError("lrs and gamma_inits must not be empty")
+        for lr in self.lrs:
+            common.positive("lrs", lr)
+        for g in self.gamma_inits:
+            common.positive("gamma_inits", g)
+        for k in ("steps", "batch_size", "probe_size", "blowup", "trained_below", "poor"):
             common.positive(k, getattr(self, k))
-        common.positive("steps", self.steps, allow_zero=True)
+        if not 0 < self.tail <= 1:
+            raise ValueError("tail: must be in (0, 1]")
         common.positive("image_size", self.image_size, allow_zero=True)
-        if self.band <= 1:
-            raise ValueError("band: must be > 1")
         if self.probe not in ("data", "noise"):
             raise ValueError("probe: must be 'data' or 'noise'")
 
 
-def summarize(var: list[float], band: float) -> dict:
-    finite = [v for v in var if v is not None and math.isfinite(v) and v > 0]
-    if len(finite) != len(var) or not var:
-        return {"min": None, "max": None, "growth": None, "per_block_factor": None, "within_band": False}
-    growth = var[-1] / var[0]
-    return {"min": min(var), "max": max(var), "growth": growth,
-            "per_block_factor": growth ** (1 / max(len(var) - 1, 1)),
-            "within_band": all(1 / band <= v <= band for v in var)}
+# -- training runs ---------------------------------------------------------------------------------
+
+def status(losses: list[float], diverged: int | None, chance: float, trained_below: float, tail: float) -> dict:
+    """'diverged' / 'trained' / 'not trained' and the final loss (mean of the last `tail` of the steps)."""
+    if diverged is not None:
+        return {"status": "diverged", "final_loss": None}
+    k = max(1, int(round(tail * len(losses))))
+    final = sum(losses[-k:]) / k
+    return {"status": "trained" if final <= trained_below * chance else "not trained", "final_loss": final}
 
 
-def verdict(var_with: list[float], var_without: list[float], band: float = 2.0) -> dict:
-    """Per-block variances at initialisation with and without the modification."""
-    criterion = (f"at initialisation, with the modification every block's variance is within [1/{band:g}, {band:g}], "
-                 f"and without it the last block's variance exceeds {band:g} x the first block's")
-    a, b = summarize(var_with, band), summarize(var_without, band)
-    grows = b["growth"] is None or b["growth"] > band  # non-finite without the modification = grows
-    ok = a["within_band"] and grows
-
-    def desc(s):
-        if s["growth"] is None:
-            return "non-finite variances"
-        return (f"variance {s['min']:.3g}..{s['max']:.3g}, last/first {s['growth']:.3g} "
-                f"(x{s['per_block_factor']:.3g} per block)")
-    measured = f"{len(var_with)} blocks; with (x+f(x))/sqrt(2): {desc(a)}; without: {desc(b)}."
-    return common.verdict(CLAIM, criterion, measured, ok)
-
-
-def measure(model, probe) -> dict:
-    sp = signal_prop(model, probe, dim=(0,) + tuple(range(2, probe.dim())))
-    return {k: sp[k] for k in ("names", "var", "mean2", "res_var")}
-
-
-def train_and_measure(ctx, p: Params, scale: bool, batches, probe, in_shape, num_classes) -> dict:
+def train_config(ctx, p: Params, key: str, method: str, scale, lr: float, batches, in_shape, num_classes) -> dict:
     torch.manual_seed(p.seed)
-    bundle = norms.get("normprop", residual_scale=scale)
-    model = models.build(p.model, bundle, num_classes, in_shape).to(ctx.device)
-    model.train()
-    out = {"residual_scale": scale, "init": measure(model, probe), "diverged_at": None, "losses": []}
-    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=0.9)
-    tag = "with" if scale else "without"
-    for step in ctx.progress(range(p.steps), desc=f"normprop {tag} modification"):
-        x, y = batches[step % len(batches)]
-        loss = F.cross_entropy(model(x).float(), y)
-        value = float(loss.detach())
-        out["losses"].append(value)
-        ctx.scalar(f"{tag}/train_loss", value, step)
-        if not math.isfinite(value):
-            out["diverged_at"] = step
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        opt.step()
-    out["steps_done"] = len(out["losses"]) - (1 if out["diverged_at"] is not None else 0)
-    if out["diverged_at"] is not None and out["diverged_at"] > 0:
-        # The last update produced a non-finite loss: measure the weights before it (the last finite state).
-        model.load_state_dict(last_good)
-        out["steps_done"] -= 1
-    if p.steps:
-        out["trained"] = measure(model, probe)
-    return out
+    opts = {"gamma_init": p.gamma_inits[0], "residual_scale": bool(scale)} if method == "normprop" else {}
+    model = models.build(p.model, norms.get(method, **opts), num_classes, in_shape).to(ctx.device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    r = common.train_steps(model, opt, batches, p.steps, blowup=p.blowup,
+                           on_step=lambda i, v: ctx.scalar(f"{key}/lr_{lr:g}/train_loss", v, i))
+    r.update(status(r["losses"], r["diverged_at"], math.log(num_classes), p.trained_below, p.tail))
+    return {"config": key, "lr": lr, **r}
 
 
-def plot(ctx, p: Params, res: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    styles = {True: ("tab:blue", "with (x+f(x))/sqrt(2)"), False: ("tab:red", "without")}
-    for scale in (True, False):
-        r = res[scale]
-        color, label = styles[scale]
-        for when, ls in (("init", "-"), ("trained", "--")):
-            if when not in r:
-                continue
-            var = [v if v is not None and math.isfinite(v) and v > 0 else float("nan") for v in r[when]["var"]]
-            m2 = [v if v is not None and math.isfinite(v) and v > 0 else float("nan") for v in r[when]["mean2"]]
-            what = "init" if when == "init" else f"after {r['steps_done']} steps"
-            axes[0].plot(range(1, len(var) + 1), var, ls, color=color, label=f"{label}, {what}")
-            axes[1].plot(range(1, len(m2) + 1), m2, ls, color=color, label=f"{label}, {what}")
-    for ax, t in zip(axes, ("variance of block output", "squared mean of block output")):
+def mark_poor(runs: list[dict], poor: float) -> None:
+    """A trained NormProp run whose final loss exceeds poor x BN's (trained) at the same rate: 'poor minimum'."""
+    bn = {r["lr"]: r for r in runs if r["config"] == "bn"}
+    for r in runs:
+        b = bn.get(r["lr"])
+        r["poor_minimum"] = bool(r["config"] != "bn" and r["status"] == "trained" and b is not None
+                                 and b["status"] == "trained" and r["final_loss"] > poor * b["final_loss"])
+
+
+# -- verdict ---------------------------------------------------------------------------------------
+
+def verdict(runs: list[dict], poor: float = 3.0) -> dict:
+    """runs: {'config' (with / without / bn), 'lr', 'status', 'final_loss', 'poor_minimum'} per rate."""
+    criterion = (f"(1) without the modification NormProp trains at none of the rates; (2) with it, it trains at >= 1 "
+                 f"rate; (3) with it, at the largest rate at which BN trains, it diverges, does not train, or ends "
+                 f"above {poor:g} x BN's loss (poor minimum); (4) BN trains at >= half of the rates")
+    by = {k: {r["lr"]: r for r in runs if r["config"] == k} for k in ("with", "without", "bn")}
+    if not all(by.values()):
+        return common.verdict(CLAIM, criterion, "needs runs with, without and bn", False, "no result")
+    lrs = sorted(by["bn"])
+    bn_ok = [lr for lr in lrs if by["bn"][lr]["status"] == "trained"]
+    without_ok = [lr for lr in lrs if by["without"].get(lr, {}).get("status") == "trained"]
+    with_ok = [lr for lr in lrs if by["with"].get(lr, {}).get("status") == "trained"]
+    top = max(bn_ok) if bn_ok else None
+    at_top = by["with"].get(top) if top is not None else None
+    fails_top = at_top is not None and (at_top["status"] != "trained" or at_top.get("poor_minimum"))
+    parts = [not without_ok, bool(with_ok), fails_top, len(bn_ok) >= len(lrs) / 2]
+
+    def cell(r):
+        if r is None:
+            return "-"
+        if r["status"] == "diverged":
+            return f"diverged@{r['diverged_at']}"
+        tag = "poor " if r.get("poor_minimum") else ""
+        return f"{tag}{r['status']} {r['final_loss']:.3g}"
+    table = "; ".join(f"lr {lr:g}: with {cell(by['with'].get(lr))}, without {cell(by['without'].get(lr))}, "
+                      f"bn {cell(by['bn'][lr])}" for lr in lrs)
+    yes = ["yes" if ok else "no" for ok in parts]
+    measured = (f"(1) {yes[0]}: without the modification trained at {len(without_ok)}/{len(lrs)} rates; (2) {yes[1]}: "
+                f"with it at {len(with_ok)}/{len(lrs)}; (3) {yes[2]}: at lr {top if top is not None else '-'} "
+                f"(BN's largest trained rate) with it: {cell(at_top)}; (4) {yes[3]}: BN trained at "
+                f"{len(bn_ok)}/{len(lrs)}. Final losses: {table}.")
+    headline = (f"trains with the modification at {len(with_ok)}/{len(lrs)} rates, without at {len(without_ok)}, "
+                f"BN at {len(bn_ok)}; at lr {top if top is not None else '-'} with it: {cell(at_top)}")
+    return common.verdict(CLAIM, criterion, measured, all(parts), headline)
+
+
+# -- diagnostic probe ---------------------------------------------------------------------------------
+
+def rectified_normal_skewness() -> float:
+    """Skewness of relu(z), z ~ N(0, 1), analytically (a normal signal has 0)."""
+    m1, m2, m3 = 1 / math.sqrt(2 * math.pi), 0.5, 2 / math.sqrt(2 * math.pi)
+    var = m2 - m1 ** 2
+    return (m3 - 3 * m1 * m2 + 2 * m1 ** 3) / var ** 1.5
+
+
+def _channel_stats(t: torch.Tensor) -> dict:
+    """Mean over channels of per-channel (over N and spatial) variance, squared mean and skewness."""
+    t = t.detach().double()
+    dims = (0,) + tuple(range(2, t.dim()))
+    mean = t.mean(dims, keepdim=True)
+    c = t - mean
+    var = c.pow(2).mean(dims)
+    skew = c.pow(3).mean(dims) / var.clamp_min(1e-300).pow(1.5)
+    return {"var": var.mean().item(), "mean2": mean.flatten().pow(2).mean().item(), "skew": skew.mean().item()}
+
+
+@torch.no_grad()
+def probe_blocks(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """Per residual block: output variance / squared mean, join variance / skewness, act gain (out var / join var)."""
+    blocks = models.residual_blocks(model)
+    out, join = {}, {}
+    hooks = []
+    for name, b in blocks:
+        hooks.append(b.register_forward_hook(lambda m, i, o, n=name: out.__setitem__(n, _channel_stats(o))))
+        hooks.append(b.join.register_forward_hook(lambda m, i, o, n=name: join.__setitem__(n, _channel_stats(o))))
+    try:
+        model.train()
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    names = [n for n, _ in blocks]
+    gain = [out[n]["var"] / join[n]["var"] if join[n]["var"] > 0 else float("nan") for n in names]
+    return {"names": names, "var": [out[n]["var"] for n in names], "mean2": [out[n]["mean2"] for n in names],
+            "join_var": [join[n]["var"] for n in names], "join_skew": [join[n]["skew"] for n in names],
+            "act_gain": gain, "projection": [has_projection(b) for _, b in blocks]}
+
+
+def has_projection(block: torch.nn.Module) -> bool:
+    """Whether the block's shortcut is a (normalized) projection rather than the identity."""
+    for attr in ("downsample", "shortcut"):
+        m = getattr(block, attr, None)
+        if isinstance(m, torch.nn.Module) and not isinstance(m, torch.nn.Identity):
+            return True
+    return False
+
+
+def per_block_factor(var: list[float]) -> float:
+    """Geometric mean of var[i+1] / var[i] (nan if not all finite and positive)."""
+    if len(var) < 2 or not all(v is not None and math.isfinite(v) and v > 0 for v in var):
+        return float("nan")
+    return (var[-1] / var[0]) ** (1 / (len(var) - 1))
+
+
+def explain(probes: dict) -> str:
+    """Where the growth comes from, in words, with the measured numbers."""
+    def mean(xs):
+        xs = [x for x in xs if math.isfinite(x)]
+        return sum(xs) / len(xs) if xs else float("nan")
+    parts = []
+    for key, pr in probes.items():
+        ident = [i for i, proj in enumerate(pr["projection"]) if not proj]
+        proj = [i for i, proj in enumerate(pr["projection"]) if proj]
+        parts.append(f"{key}: variance x{per_block_factor(pr['var']):.3g} per block; identity-shortcut joins skewness "
+                     f"{mean([pr['join_skew'][i] for i in ident]):.2f} and NormProp-ReLU gain "
+                     f"{mean([pr['act_gain'][i] for i in ident]):.3f}, projection joins "
+                     f"{mean([pr['join_skew'][i] for i in proj]):.2f} and {mean([pr['act_gain'][i] for i in proj]):.3f}")
+    return ("Rectified shortcuts break the normal assumption. An identity shortcut carries the previous block's "
+            f"NormProp-ReLU output c1 (relu(z) - c0), skewed ({rectified_normal_skewness():.3f} for a normal z; a "
+            "normal signal has 0), and its sum with the branch stays skewed; a projection shortcut (a normalized "
+            "conv) mixes it back towards a normal. NormProp's ReLU maps a zero-mean normal input of any variance to "
+            "the same variance (gain 1), but not a skewed one: on the skewed joins its gain exceeds 1, so the "
+            "variance keeps drifting even with the (x + f(x))/sqrt(2) join, and without the 1/sqrt(2) the join also "
+            "adds the branch's variance at every block. Measured at init: " + "; ".join(parts) + ".")
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+def plot(ctx, p: Params, runs: list[dict], probes: dict, v: dict, chance: float) -> None:
+    with common.plotting() as plt:
+        fig, axes = common.figure(plt, 2, 3, panel=(5.2, 4.3))
+        ax = axes[0][0]
+        for key, _, _ in CONFIGS:
+            rs = sorted((r for r in runs if r["config"] == key), key=lambda r: r["lr"])
+            xs = [r["lr"] for r in rs]
+            ys = [r["final_loss"] if r["final_loss"] is not None else float("nan") for r in rs]
+            ax.plot(xs, common.positive_or_nan(ys), "-o", color=COLORS[key], label=LABELS[key])
+            div = [r["lr"] for r in rs if r["status"] == "diverged"]
+            if div:
+                ax.plot(div, [10 * chance] * len(div), "x", color=COLORS[key], ms=11, mew=2.5)
+        ax.axhline(p.trained_below * chance, color="k", ls="--", lw=1, label="trained below")
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.axhline(1.0, color="gray", lw=0.6)
-        ax.set_xlabel("residual block")
-        ax.set_title(f"NormProp {p.model}: {t}", fontsize=9)
-    axes[0].axhspan(1 / p.band, p.band, color="gray", alpha=0.12)
-    axes[0].legend(fontsize=7)
-    ctx.savefig(fig, "normprop_variance.png")
+        ax.set_title("final training loss per rate (x = diverged)")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("mean loss over the last steps")
+        ax.legend(fontsize=9)
+        bn_ok = sorted(r["lr"] for r in runs if r["config"] == "bn" and r["status"] == "trained")
+        for ax, lr in ((axes[0][1], bn_ok[-1] if bn_ok else max(p.lrs)), (axes[0][2], min(p.lrs))):
+            for key, _, _ in CONFIGS:
+                r = next(r for r in runs if r["config"] == key and r["lr"] == lr)
+                ax.plot(range(len(r["losses"])), common.positive_or_nan(r["losses"]), color=COLORS[key],
+                        label=LABELS[key])
+            ax.set_yscale("log")
+            ax.set_title(f"training loss at lr {lr:g}")
+            ax.set_xlabel("SGD step")
+            ax.set_ylabel("cross-entropy")
+            ax.legend(fontsize=9)
+        styles = {}
+        for i, g in enumerate(p.gamma_inits):
+            for scale in (True, False):
+                styles[f"gamma={g:.3g}, {'with' if scale else 'without'}"] = (
+                    COLORS["with" if scale else "without"], ["-", "--", ":", "-."][i % 4])
+        panels = ((axes[1][0], "var", "block output variance at init", True),
+                  (axes[1][1], "join_skew", "skewness of the join output at init", False),
+                  (axes[1][2], "act_gain", "NormProp-ReLU gain after the join", False))
+        for ax, key, title, log in panels:
+            for name, pr in probes.items():
+                color, ls = styles[name]
+                ys = common.positive_or_nan(pr[key]) if log else common.finite_or_nan(pr[key])
+                ax.plot(range(1, len(ys) + 1), ys, ls, color=color, label=name)
+            if log:
+                ax.set_yscale("log")
+                ax.axhline(1.0, color="gray", lw=0.8)
+            ax.set_title(f"{p.model}: {title}")
+            ax.set_xlabel("residual block")
+            ax.legend(fontsize=9)
+        axes[1][0].set_ylabel("channel variance (1 = normal assumption)")
+        axes[1][1].axhline(rectified_normal_skewness(), color="k", lw=0.8, ls="--")
+        axes[1][1].set_ylabel("skewness (0 = normal; dashed: relu(z))")
+        axes[1][2].axhline(1.0, color="k", lw=0.8, ls="--")
+        axes[1][2].set_ylabel("var(act(join)) / var(join)")
+        ctx.savefig(fig, "normprop_residual.png", v)
 
+
+# -- run ------------------------------------------------------------------------------------------------
 
 def run(ctx, p: Params) -> dict:
     ld = common.loader(ctx, p.batch_size, "train", p.image_size)
-    batches = common.take(ld, max(p.steps, 1))
+    batches = common.take(ld, p.steps)
+    chance = math.log(ld.num_classes)
     g = torch.Generator().manual_seed(p.seed)
     if p.probe == "noise":
-        probe = torch.randn((p.probe_size,) + tuple(ld.in_shape), generator=g).to(ctx.device)
+        x = torch.randn((p.probe_size,) + tuple(ld.in_shape), generator=g).to(ctx.device)
     else:
-        pl = common.loader(ctx, p.probe_size, "val", p.image_size)
-        probe = next(iter(pl.epoch(0)))[0]
-    res = {scale: train_and_measure(ctx, p, scale, batches, probe, ld.in_shape, ld.num_classes)
-           for scale in (True, False)}
-    for scale in (True, False):
-        tag = "with" if scale else "without"
-        for when in ("init", "trained"):
-            if when in res[scale]:
-                for i, v in enumerate(res[scale][when]["var"]):
-                    ctx.scalar(f"{tag}/{when}/block_variance", v, i + 1)
-    plot(ctx, p, res)
-    v = verdict(res[True]["init"]["var"], res[False]["init"]["var"], p.band)
-    rows = []
-    for scale in (True, False):
-        for when in ("init", "trained"):
-            if when not in res[scale]:
-                continue
-            s = summarize(res[scale][when]["var"], p.band)
-            rows.append(["yes" if scale else "no", when if when == "init" else f"{res[scale]['steps_done']} steps",
-                         s["min"], s["max"], s["growth"], s["per_block_factor"], s["within_band"],
-                         res[scale]["diverged_at"] if when == "trained" else "-"])
-    summary = common.table(["residual_scale", "when", "var_min", "var_max", "last/first", "x per block",
-                            "within band", "diverged@"], rows)
-    meas = {"model": p.model, "in_shape": list(ld.in_shape), "probe": p.probe,
-            "with_modification": res[True], "without_modification": res[False],
-            "summary": {("with" if s else "without"): {w: summarize(res[s][w]["var"], p.band)
-                                                       for w in ("init", "trained") if w in res[s]}
-                        for s in (True, False)}}
+        x = next(iter(common.loader(ctx, p.probe_size, "val", p.image_size).epoch(0)))[0]
+    probes = {}
+    for gamma in p.gamma_inits:
+        for scale in (True, False):
+            torch.manual_seed(p.seed)
+            bundle = norms.get("normprop", gamma_init=gamma, residual_scale=scale)
+            model = models.build(p.model, bundle, ld.num_classes, ld.in_shape).to(ctx.device)
+            probes[f"gamma={gamma:.3g}, {'with' if scale else 'without'}"] = probe_blocks(model, x)
+    runs = []
+    bar = ctx.progress(total=len(CONFIGS) * len(p.lrs), desc="normprop-residual")
+    for key, method, scale in CONFIGS:
+        for lr in p.lrs:
+            runs.append(train_config(ctx, p, key, method, scale, lr, batches, ld.in_shape, ld.num_classes))
+            bar.update(1)
+    bar.close()
+    mark_poor(runs, p.poor)
+    v = verdict(runs, p.poor)
+    plot(ctx, p, runs, probes, v, chance)
+    rows = [[r["config"], r["lr"], r["status"] + (" (poor)" if r["poor_minimum"] else ""),
+             r["diverged_at"] if r["diverged_at"] is not None else "-", r["losses"][0], r["final_loss"]]
+            for r in runs]
+    summary = common.table(["config", "lr", "status", "diverged@", "loss0", "final loss"], rows)
+    summary += "\n\n" + common.table(
+        ["probe at init", "var first", "var last", "x per block", "mean join skew", "mean act gain"],
+        [[k, pr["var"][0], pr["var"][-1], per_block_factor(pr["var"]), sum(pr["join_skew"]) / len(pr["join_skew"]),
+          sum(pr["act_gain"]) / len(pr["act_gain"])] for k, pr in probes.items()])
+    meas = {"model": p.model, "in_shape": list(ld.in_shape), "chance_loss": chance,
+            "status_definition": f"diverged: a loss non-finite or > {p.blowup:g} x the first; trained: final loss "
+                                 f"(mean of the last {p.tail:.0%} of steps) <= {p.trained_below:g} x ln(classes); "
+                                 f"poor minimum: trained NormProp > {p.poor:g} x BN's final loss at the same rate",
+            "runs": runs, "probe": p.probe, "probes_at_init": probes,
+            "rectified_normal_skewness": rectified_normal_skewness(), "explanation": explain(probes)}
     return ctx.finish(meas, v, summary)

@@ -124,7 +124,7 @@ def verdict(bn: list[float], nf: list[float], none: list[float], stages: list[in
                  f"transition; NF: correlation of per-block variance changes with BN's > {corr_threshold:g}; none: "
                  f"drops at < half of the transitions and last/first variance > {growth_factor:g} x BN's")
     if not all(math.isfinite(v) for v in bn + nf) or len({len(bn), len(nf), len(none), len(stages)}) != 1:
-        return common.verdict(CLAIM, criterion, "non-finite or mismatched variance curves", False)
+        return common.verdict(CLAIM, criterion, "non-finite or mismatched variance curves", False, "no result")
     sb, sn, s0 = shape_stats(bn, stages), shape_stats(nf, stages), shape_stats(none, stages) if all(
         math.isfinite(v) for v in none) else None
     bn_ok = sb["rising_within_stages"] and all(r >= 0.9 for r in sb["stage_r2"]) and all(sb["drops_at_transitions"])
@@ -143,7 +143,10 @@ def verdict(bn: list[float], nf: list[float], none: list[float], stages: list[in
                 f"{sb['growth']:.3g}; NF: correlation of variance changes with BN {dcorr:.3f} (raw curves "
                 f"{pearson(bn, nf):.3f}), rises within stages {sn['rising_within_stages']}, drops at "
                 f"{sum(sn['drops_at_transitions'])}/{len(sn['drops_at_transitions'])}; none: {none_desc}.")
-    return common.verdict(CLAIM, criterion, measured, bn_ok and nf_ok and none_ok)
+    headline = (f"BN stage R^2 >= {min(sb['stage_r2']) if sb['stage_r2'] else float('nan'):.3f}, resets at "
+                f"{sum(sb['drops_at_transitions'])}/{len(sb['drops_at_transitions'])}; NF tracks BN's changes "
+                f"(r = {dcorr:.3f}); none: {none_desc}")
+    return common.verdict(CLAIM, criterion, measured, bn_ok and nf_ok and none_ok, headline)
 
 
 def stage_ids(names: list[str]) -> list[int]:
@@ -157,39 +160,37 @@ def stage_ids(names: list[str]) -> list[int]:
 
 # -- run ---------------------------------------------------------------------------------------
 
-def plot(ctx, p: Params, sp: dict, stages: list[int]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+def plot(ctx, p: Params, sp: dict, stages: list[int], v: dict) -> None:
     colors = {"bn": "tab:gray", "none": "tab:blue", "nf": "tab:orange"}
-    n = len(stages)
-    xs = list(range(1, n + 1))
-    ax = axes[0]
-    for key in ("bn", "none", "nf"):
-        s = sp[key]
-        pos = lambda v: [x if x is not None and math.isfinite(x) and x > 0 else float("nan") for x in v]  # noqa: E731
-        ax.plot(xs, pos(s["var"]), "-", color=colors[key], label=f"{key}: variance")
-        ax.plot(xs, pos(s["mean2"]), "--", color=colors[key], label=f"{key}: mean^2")
-    ax.set_yscale("log")
-    ax.set_title("SPP at init (log scale): preact-resnet50 bn / none, nf-resnet50", fontsize=9)
-    ax.set_xlabel("residual block")
-    ax.legend(fontsize=7, ncol=2)
-    ax = axes[1]
-    for key in ("bn", "nf"):
-        s = sp[key]
-        ax.plot(xs, s["var"], "-o", ms=3, color=colors[key], label=f"{key}: variance")
-        ax.plot(xs, s["mean2"], "--", color=colors[key], label=f"{key}: mean^2")
-        ax.plot(xs, s["res_var"], ":", color=colors[key], label=f"{key}: residual-branch variance")
-    for a, b in stage_slices(stages)[1:]:
-        ax.axvline(a + 0.5, color="k", lw=0.4)
-        axes[0].axvline(a + 0.5, color="k", lw=0.4)
-    ax.set_title("BN vs NF-ResNet (linear scale)", fontsize=9)
-    ax.set_xlabel("residual block (vertical lines: stage transitions)")
-    top = max(max(sp[k]["var"] + sp[k]["mean2"] + sp[k]["res_var"]) for k in ("bn", "nf"))
-    ax.set_ylim(0, 1.45 * top)
-    ax.legend(fontsize=6, ncol=2, loc="upper left")
-    ctx.savefig(fig, "spp.png")
+    labels = {"bn": "bn (preact-resnet50)", "none": "none (preact-resnet50)", "nf": "nf (nf-resnet50)"}
+    xs = list(range(1, len(stages) + 1))
+    with common.plotting() as plt:
+        fig, axes = common.figure(plt, 1, 2, panel=(6.5, 4.8))
+        ax = axes[0][0]
+        for key in ("bn", "none", "nf"):
+            s = sp[key]
+            ax.plot(xs, common.positive_or_nan(s["var"]), "-", color=colors[key], label=f"{labels[key]}: variance")
+            ax.plot(xs, common.positive_or_nan(s["mean2"]), "--", color=colors[key], label=f"{key}: mean^2")
+        ax.set_yscale("log")
+        ax.set_title(f"SPP at init, log scale ({p.image_size}x{p.image_size} white noise)")
+        ax.set_ylabel("channel variance / squared mean")
+        ax.legend(fontsize=9, ncol=2, loc="upper left")
+        ax = axes[0][1]
+        for key in ("bn", "nf"):
+            s = sp[key]
+            ax.plot(xs, s["var"], "-o", ms=4, color=colors[key], label=f"{key}: variance")
+            ax.plot(xs, s["mean2"], "--", color=colors[key], label=f"{key}: mean^2")
+            ax.plot(xs, s["res_var"], ":", lw=2.4, color=colors[key], label=f"{key}: residual-branch variance")
+        top = max(max(sp[k]["var"] + sp[k]["mean2"] + sp[k]["res_var"]) for k in ("bn", "nf"))
+        ax.set_ylim(0, 1.55 * top)
+        ax.set_title("BN vs NF-ResNet, linear scale")
+        ax.set_ylabel("channel variance / squared mean")
+        ax.legend(fontsize=9, ncol=2, loc="upper left")
+        for ax in axes[0]:
+            for a, _ in stage_slices(stages)[1:]:
+                ax.axvline(a + 0.5, color="k", lw=0.6, ls=":")
+            ax.set_xlabel("residual block (dotted: stage transitions)")
+        ctx.savefig(fig, "spp.png", v)
 
 
 def run(ctx, p: Params) -> dict:
@@ -213,8 +214,8 @@ def run(ctx, p: Params) -> dict:
             ctx.scalars(key, {"variance": v, "mean2": m2, "residual_variance": rv}, i + 1)
         del model
     stages = stage_ids(sp["bn"]["names"])
-    plot(ctx, p, sp, stages)
     v = verdict(sp["bn"]["var"], sp["nf"]["var"], sp["none"]["var"], stages, p.corr_threshold, p.growth_factor)
+    plot(ctx, p, sp, stages, v)
     rows = [[i + 1, sp["bn"]["names"][i], stages[i] + 1, sp["bn"]["var"][i], sp["nf"]["var"][i],
              sp["none"]["var"][i], sp["bn"]["res_var"][i], sp["nf"]["res_var"][i]] for i in range(len(stages))]
     summary = common.table(["block", "name", "stage", "var bn", "var nf", "var none", "res_var bn", "res_var nf"],
