@@ -192,8 +192,9 @@ def light(module: str) -> types.ModuleType:
                         sub = f"{target}.{a.name}"
                         if path_of(sub) is not None:
                             mod.__dict__[a.asname or a.name] = _resolve(sub)
-                        else:
-                            mod.__dict__[a.asname or a.name] = getattr(_resolve(target), a.name)
+                        elif a.name in vars(_resolve(target)):
+                            mod.__dict__[a.asname or a.name] = vars(_resolve(target))[a.name]
+                        # else: a package's lazily loaded attribute (loading it imports torch): left out
                 elif _external_ok(target):
                     src = __import__(target, fromlist=[a.name for a in node.names])
                     for a in node.names:

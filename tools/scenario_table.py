@@ -87,7 +87,7 @@ def render(verdicts: dict, summaries: dict) -> str:
 
 def summaries() -> dict:
     from normtrain import scenarios
-    return {n: scenarios._summary(m) for n, m in scenarios.SCENARIOS.items()}
+    return {n: scenarios.SCENARIOS.summary(n) for n in scenarios.names()}
 
 
 def readme_block(text: str) -> str:
