@@ -123,4 +123,5 @@ class BatchRenormalization(Normalizer):
 
 
 def build(options):
+    """Batch Renormalization: BN corrected by r = clip(sigma_B/sigma) and d = clip((mu_B - mu)/sigma) toward the moving statistics (Ioffe 2017)."""
     return BatchRenormalization(options)

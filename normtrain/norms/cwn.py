@@ -69,4 +69,5 @@ class CenteredWeightNorm(Normalizer):
 
 
 def build(options):
+    """Centered WN: w = g (v - mean v) / ||v - mean v|| per output channel (Huang et al. 2017)."""
     return CenteredWeightNorm(options)

@@ -154,8 +154,10 @@ class EvoNormS0Bundle(EvoNormB0Bundle):
 
 
 def build_b0(options):
+    """EvoNorm-B0: x / max(sqrt(batch var), v x + sqrt(instance var)), one fused norm-activation layer (Liu et al. 2020)."""
     return EvoNormB0Bundle(options)
 
 
 def build_s0(options):
+    """EvoNorm-S0: x sigmoid(v x) / group std, batch-independent, one fused norm-activation layer (Liu et al. 2020)."""
     return EvoNormS0Bundle(options)

@@ -80,4 +80,5 @@ class FilterResponseNormTLU(Normalizer):
 
 
 def build(options):
+    """FRN + TLU: gamma x / sqrt(mean_HW x^2 + eps) + beta, then max(y, tau); batch-independent (Singh & Krishnan 2020)."""
     return FilterResponseNormTLU(options)

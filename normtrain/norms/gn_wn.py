@@ -27,4 +27,5 @@ class GroupNormWeightNorm(WeightNorm):
 
 
 def build(options):
+    """WN layers followed by GroupNorm (the WS paper's GN+WN row of Table 2)."""
     return GroupNormWeightNorm(options)

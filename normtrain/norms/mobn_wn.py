@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bundle import Normalizer
-from .wn import WNConv2d, WNLinear
+from .wn import WeightNorm
 
 
 class MeanOnlyBatchNorm(nn.Module):
@@ -54,21 +53,16 @@ class MeanOnlyBatchNorm(nn.Module):
         return f"{self.num_features}, momentum={self.momentum}"
 
 
-class MeanOnlyBNWeightNorm(Normalizer):
+class MeanOnlyBNWeightNorm(WeightNorm):
+    """`wn`'s layers (without their bias, which the mean-only BN's b replaces) and a mean-only BN."""
+
     name = "mobn-wn"
     default_bias = False  # the mean-only BN's b
-
-    def conv(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, bias=None, last=False):
-        return WNConv2d(in_ch, out_ch, kernel_size, stride, padding, groups, self._bias(bias),
-                        eps=self.options.eps, data_init=self.options.init == "data")
-
-    def linear(self, in_features, out_features, bias=None, last=False):
-        return WNLinear(in_features, out_features, self._bias(bias),
-                        eps=self.options.eps, data_init=self.options.init == "data")
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         return MeanOnlyBatchNorm(num_features, momentum=self.options.momentum)
 
 
 def build(options):
+    """WN layers followed by mean-only BatchNorm: subtract the batch mean, then a bias (Salimans & Kingma §3.2)."""
     return MeanOnlyBNWeightNorm(options)
