@@ -173,9 +173,12 @@ class BareRunner:
             self.model = torch.compile(self.raw, backend=self.backend)
 
     def step(self) -> None:
-        """One optimizer step over `accum` micro-batches (the loss of each divided by accum)."""
+        """One optimizer step over `accum` micro-batches (the loss of each divided by accum), with the
+        reparametrised weights computed once per step as the engine does (`norms.micro_batches`)."""
+        from . import norms
         cfg = self.cfg
-        for x, y in zip(self.xs, self.ys):
+        for i in norms.micro_batches(self.raw, cfg.accum):
+            x, y = self.xs[i], self.ys[i]
             with autocast(cfg.amp, self.device):
                 loss = F.cross_entropy(self.model(x).float(), y)
             self.scaler.scale(loss / cfg.accum).backward()
