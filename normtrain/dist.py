@@ -65,11 +65,6 @@ def torchrun_env(environ=os.environ) -> bool:
     return "RANK" in environ and "WORLD_SIZE" in environ
 
 
-def in_worker_env() -> bool:
-    """True when this process is one rank of several: started by torchrun, or a task of an srun step."""
-    return torchrun_env() or slurm_env() is not None
-
-
 # -- Slurm --------------------------------------------------------------------------------
 
 def expand_nodelist(spec: str) -> list[str]:

@@ -256,7 +256,7 @@ def share_state(decision: Decision, state: dict | None, d: dist.Dist) -> dict:
         if path.is_file():
             try:
                 mine = checkpoint.load(path)
-                if mine["step"] == decision.step and mine.get("recipe") is not None:
+                if mine["step"] == decision.step:
                     state = mine
             except UsageError:
                 state = None
