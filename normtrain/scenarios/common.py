@@ -114,10 +114,76 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+#: Verdict states (DESIGN §5). A part or a whole verdict is in exactly one of them.
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NA = "reproduced", "not reproduced", "inconclusive", "n/a"
+STATES = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NA)
+#: Where a part's claim comes from: the paper's own sentence, or a control / mechanism this project adds.
+SOURCES = ("paper", "added")
+
+
+def part(name: str, claim: str, source: str, state: str, measured: str, criterion: str,
+         paper_value=None) -> dict:
+    """One judged statement of a verdict.
+
+    `source` is "paper" for the paper's own claim, judged exactly as the paper states it, and
+    "added" for a control or mechanism this project adds. `state` is one of `STATES` (a bool
+    is read as reproduced / not reproduced). `paper_value`: the number the paper reports for
+    this part, with where it comes from (e.g. ``{"value": 0.25, "where": "Fig. 1"}``), or None.
+    """
+    if isinstance(state, bool):
+        state = REPRODUCED if state else NOT_REPRODUCED
+    if state not in STATES:
+        raise ValueError(f"part {name!r}: state {state!r} is not one of {STATES}")
+    if source not in SOURCES:
+        raise ValueError(f"part {name!r}: source {source!r} is not one of {SOURCES}")
+    return {"name": name, "claim": claim, "source": source, "state": state, "measured": measured,
+            "criterion": criterion, "paper_value": paper_value}
+
+
+def overall_state(parts: list[dict]) -> str:
+    """The state of a whole verdict from its parts.
+
+    n/a when every paper part is n/a (the claim cannot be judged here, e.g. a GPU claim on a
+    CPU) or there is no part; otherwise, over the parts that are not n/a: not reproduced if
+    any is, else inconclusive if any is, else reproduced.
+    """
+    paper = [q for q in parts if q["source"] == "paper"]
+    if not parts or (paper and all(q["state"] == NA for q in paper)):
+        return NA
+    judged = [q["state"] for q in parts if q["state"] != NA]
+    if not judged:
+        return NA
+    if NOT_REPRODUCED in judged:
+        return NOT_REPRODUCED
+    if INCONCLUSIVE in judged:
+        return INCONCLUSIVE
+    return REPRODUCED
+
+
+def verdict_of(claim: str, parts: list[dict], headline: str) -> dict:
+    """The verdict dict of a scenario from its judged parts (see `part`).
+
+    ``state`` is `overall_state(parts)`; ``headline`` one short line saying in words which parts
+    held, with the key numbers (plot titles, the README table); ``criterion`` and ``measured``
+    join the parts' own. ``reproduced`` (state == reproduced) is kept for readers of the old schema.
+    """
+    state = overall_state(parts)
+    return {"claim": claim, "state": state, "headline": headline, "parts": parts,
+            "criterion": " ".join(f"[{q['name']}] {q['criterion']}" for q in parts),
+            "measured": " ".join(f"[{q['name']}] {q['measured']}" for q in parts),
+            "reproduced": state == REPRODUCED}
+
+
 def verdict(claim: str, criterion: str, measured: str, reproduced: bool, headline: str = "") -> dict:
-    """The verdict dict; `headline` is one short line with the key number (plot titles, README table)."""
-    return {"claim": claim, "criterion": criterion, "measured": measured, "reproduced": bool(reproduced),
-            "headline": headline or measured.split(";")[0].rstrip(".")}
+    """Old single-part form: the whole claim as one paper part. Prefer `part` + `verdict_of`."""
+    return verdict_of(claim, [part("claim", claim, "paper", bool(reproduced), measured, criterion)],
+                      headline or measured.split(";")[0].rstrip("."))
+
+
+def state_label(v: dict) -> str:
+    """'REPRODUCED', 'NOT REPRODUCED', 'INCONCLUSIVE' or 'N/A' for a verdict dict (old or new schema)."""
+    state = v.get("state") or (REPRODUCED if v.get("reproduced") else NOT_REPRODUCED)
+    return state.upper()
 
 
 # -- statistics over seeds ----------------------------------------------------------------
@@ -150,6 +216,70 @@ def below(a, b) -> dict:
     se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if math.isfinite(sa + sb) else float("nan")
     gap = mb - ma
     return {"gap": gap, "se": se, "shown": bool(math.isfinite(gap) and math.isfinite(se) and gap > se)}
+
+
+def difference(a, b, min_effect: float) -> dict:
+    """Is mean(a) - mean(b) shown, over per-seed values a and b? (DESIGN §5, the rule every scenario uses.)
+
+    A gap is *shown* only when |gap| >= 2 standard errors of the difference AND |gap| >= `min_effect`
+    (the smallest difference that means something for the quantity: e.g. max(5 test images, 0.5
+    points) for an accuracy). The two are *shown equal* when the whole 2-SE interval of the gap lies
+    inside (-min_effect, min_effect). With fewer than two finite values on a side the standard
+    error is unknown and nothing is shown.
+
+    Returns {'gap', 'se', 'min_effect', 'n': (na, nb), 'shown', 'equal', 'detectable': the smallest
+    |gap| this many seeds could show (max(min_effect, 2 se)), 'seeds_to_decide': seeds per arm at which
+    2 se would fall below the observed |gap| (None when the gap is under min_effect or already shown)}.
+    """
+    fa = [float(x) for x in a if x is not None and math.isfinite(float(x))]
+    fb = [float(x) for x in b if x is not None and math.isfinite(float(x))]
+    ma, sa = mean_std(fa)
+    mb, sb = mean_std(fb)
+    gap = ma - mb
+    se = math.sqrt(sa ** 2 / len(fa) + sb ** 2 / len(fb)) if len(fa) > 1 and len(fb) > 1 else float("nan")
+    ok = math.isfinite(gap) and math.isfinite(se)
+    shown = bool(ok and abs(gap) >= 2 * se and abs(gap) >= min_effect)
+    equal = bool(ok and abs(gap) + 2 * se < min_effect)
+    need = None
+    if ok and not shown and abs(gap) >= min_effect and gap != 0:
+        need = math.ceil(4 * (sa ** 2 + sb ** 2) / gap ** 2 - 1e-9)
+    return {"gap": gap, "se": se, "min_effect": min_effect, "n": (len(fa), len(fb)), "shown": shown,
+            "equal": equal, "detectable": max(min_effect, 2 * se) if math.isfinite(se) else float("nan"),
+            "seeds_to_decide": need}
+
+
+def state_greater(d: dict) -> str:
+    """State of the claim "a > b" from `difference(a, b, ...)`: reproduced when a gap > 0 is shown,
+    not reproduced when a gap < 0 is shown or the two are shown equal, else inconclusive."""
+    if d["shown"]:
+        return REPRODUCED if d["gap"] > 0 else NOT_REPRODUCED
+    return NOT_REPRODUCED if d["equal"] else INCONCLUSIVE
+
+
+def state_not_less(d: dict) -> str:
+    """State of the claim "a matches or beats b" from `difference(a, b, ...)`: reproduced when a gap > 0
+    is shown or the two are shown equal, not reproduced when a gap < 0 is shown, else inconclusive."""
+    if d["shown"]:
+        return REPRODUCED if d["gap"] > 0 else NOT_REPRODUCED
+    return REPRODUCED if d["equal"] else INCONCLUSIVE
+
+
+def plateaued(losses, window: float = 0.1, rel: float = 0.05) -> bool:
+    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of
+    values is less than `rel` (relative) below the mean of the `window` fraction before it. Claims
+    about final accuracy are judged only on runs for which this holds (else inconclusive)."""
+    xs = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
+    k = max(1, int(len(xs) * window))
+    if len(xs) < 2 * k or len(xs) < 4:
+        return False
+    last, before = sum(xs[-k:]) / k, sum(xs[-2 * k:-k]) / k
+    return before - last < rel * abs(before)
+
+
+def decay_acts(lr: float, weight_decay: float, steps: int, threshold: float = 0.01) -> bool:
+    """Can weight decay act at this size? SGD's decay shrinks the weights by about lr*wd*steps over
+    the run; below `threshold` (1%) an arm that differs only in weight decay is flagged, not compared."""
+    return lr * weight_decay * steps >= threshold
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -280,8 +410,7 @@ class Context:
         import matplotlib.pyplot as plt
         title = self.name + (f": {what}" if what else "")
         if verdict is not None:
-            mark = "REPRODUCED" if verdict["reproduced"] else "NOT REPRODUCED"
-            title += f"  |  {mark}: {verdict.get('headline', '')}"
+            title += f"  |  {state_label(verdict)}: {verdict.get('headline', '')}"
         width_chars = int(fig.get_figwidth() * 8.5)
         fig.suptitle("\n".join(textwrap.wrap(title, width_chars)), fontweight="bold")
         p = self.path(name)
@@ -335,10 +464,13 @@ class Context:
             self._tb = None
         if summary:
             print(summary)
-        mark = "REPRODUCED" if verdict["reproduced"] else "NOT REPRODUCED"
-        print(f"\nclaim:     {verdict['claim']}\ncriterion: {verdict['criterion']}\n"
-              f"measured:  {verdict['measured']}\nverdict:   {mark}  ({res['runtime_s']:.1f}s, {self.out})",
-              flush=True)
+        lines = [f"\nclaim:     {verdict['claim']}"]
+        for q in verdict.get("parts", []):
+            lines.append(f"  [{q['source']}] {q['name']}: {q['state'].upper()} - {q['measured']}"
+                         f"  (criterion: {q['criterion']})")
+        lines.append(f"verdict:   {state_label(verdict)}: {verdict.get('headline', '')}"
+                     f"  ({res['runtime_s']:.1f}s, {self.out})")
+        print("\n".join(lines), flush=True)
         return res
 
 
