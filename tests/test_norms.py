@@ -18,7 +18,7 @@ from normtrain.errors import UsageError
 from normtrain.norms import brn, cwn, evonorm, frn, ghost, mobn_wn, nf, normprop, residual, trelu_wn, wn, ws
 
 ALL = ["bn", "syncbn", "none", "wn", "normprop", "trelu-wn", "gn", "ln", "in", "ws", "ws-gn", "ws-bn",
-       "ghost", "seqnorm", "nf", "brn", "mobn-wn", "cwn", "gn-wn", "frn", "evonorm-b0", "evonorm-s0"]
+       "ghost", "seqnorm", "nf", "brn", "mobn-wn", "cwn", "gn-wn", "frn", "evonorm-b0", "evonorm-s0", "rmsn", "dyt"]
 
 
 @pytest.fixture(autouse=True)

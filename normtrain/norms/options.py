@@ -65,6 +65,8 @@ class NormOptions:
     """Batch Renormalization: training forward at which d_max reaches brn_d_max, rising linearly from 0 after brn_relax_start (Ioffe 2017 §4: 25k)."""
     frn_learn_eps: bool = False
     """FRN: learn the epsilon, eps = norm.eps + |eps_l| with eps_l a learnable scalar per layer, init 1e-4 (Singh & Krishnan 2020, for 1x1 activation maps and fully connected layers)."""
+    dyt_alpha: float = 0.5
+    """DyT: initial value alpha_0 of each layer's learnable scalar alpha in gamma tanh(alpha x) + beta (Zhu et al. 2025: 0.5, their default and every vision model's)."""
 
     def check(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
@@ -92,6 +94,8 @@ class NormOptions:
             raise ValueError(f"residual: '{self.residual}' is not one of: {', '.join(RESIDUAL_SCALINGS)}")
         if self.residual_depth_power <= 0:
             raise ValueError("residual_depth_power must be > 0")
+        if self.dyt_alpha <= 0:
+            raise ValueError("dyt_alpha must be > 0")
         if self.brn_r_max < 1:
             raise ValueError("brn_r_max must be >= 1")
         if self.brn_d_max < 0:
