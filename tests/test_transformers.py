@@ -145,3 +145,17 @@ def test_cli_refuses_a_method_without_token_form_before_writing(tmp_path):
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert "norm 'evonorm-s0' has no meaning in a transformer" in lines[0] and "dyt" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_small_vit_under_2_process_ddp_with_each_transformer_method(tmp_path):
+    """gloo, 2 processes: DDP's weights are those of the per-process batches (bn's statistics are each
+    process's own: not those of the global batch), and those of the global batch for every other method."""
+    from .ddp_checks import run_check
+    res = run_check("vit", tmp_path / "vit.json", ["ln", "rmsn", "dyt", "bn", "none"])
+    for name, r in res.items():
+        assert r["world"] == 2 and r["rank_spread"] < 1e-12 and r["per_process_diff"] < 1e-10, (name, r)
+        assert r["batch_statistics"] == (name == "bn"), (name, r)
+        if r["batch_statistics"]:
+            assert r["global_batch_diff"] > 1e-6, (name, r)     # per-process statistics, not synced
+        else:
+            assert r["global_batch_diff"] < 1e-10, (name, r)
