@@ -218,3 +218,20 @@ def test_token_meanings_are_distinct():
         if t is not None:
             assert t not in lines, f"{name} and {lines.get(t)} say the same"
             lines[t] = name
+
+
+def token_table() -> str:
+    """The README's table of what each method means in a transformer, from the methods' `tokens` / `no_tokens`."""
+    rows = ["| method | in a transformer (ViT tokens, ConvNeXt) |", "|---|---|"]
+    for name in norms.names():
+        b = norms.get(name)
+        rows.append(f"| `{name}` | {b.tokens if b.tokens is not None else '**refused**: ' + b.no_tokens} |")
+    return "\n".join(rows)
+
+
+def test_readme_token_table_is_the_methods_own_lines():
+    from .conftest import ROOT
+    text = (ROOT / "README.md").read_text()
+    start, end = "<!-- token-table:start -->\n", "<!-- token-table:end -->"
+    block = text[text.index(start) + len(start):text.index(end)].strip("\n")
+    assert block == token_table(), "README token table is stale: paste tests.test_token_norms.token_table() there"

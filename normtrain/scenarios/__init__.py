@@ -40,6 +40,7 @@ SCENARIOS = Registry("scenario", {
     "ghost-equivalence": "ghost_equivalence",
     "ws-curves": "ws_curves",
     "nf-ablation": "nf_ablation",
+    "dyt-tanh-shape": "dyt_tanh_shape",
 }, __name__)
 
 
