@@ -37,3 +37,11 @@ class AsMap(nn.Module):
         if x.dim() < 3:
             raise ValueError(f"token norm: expected tokens (N, ..., C), got shape {tuple(x.shape)}")
         return from_map(self.norm(as_map(x)), x.shape)
+
+
+def is_token_family_norm(m: nn.Module) -> bool:
+    """The norm modules the transformer methods add (RMSNorm, DynamicTanh), for code that finds normalization
+    layers by type (log.track_norms, the bn-cost scenario). `AsMap` is not one: the norm inside it is."""
+    from .dyt import DynamicTanh
+    from .rmsn import SampleRMSNorm
+    return isinstance(m, (nn.RMSNorm, SampleRMSNorm, DynamicTanh))
