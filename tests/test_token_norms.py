@@ -121,6 +121,25 @@ def test_dyt_is_the_formula_and_the_reference(channels_last):
         torch.testing.assert_close(p.grad, q.grad, msg=k)
 
 
+@pytest.mark.parametrize("channels_last,shape", [(True, (2, 3, 5, 4)), (False, (2, 4, 3, 5)), (False, (3, 4))])
+def test_dyt_gradients_are_the_formulas(channels_last, shape):
+    from normtrain.norms.dyt import dynamic_tanh
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    w, b = (torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda *t: dynamic_tanh(*t, channels_last), (x, a, w, b))
+
+
+def test_dyt_saves_only_its_input_for_backward():
+    """As a LayerNorm does (its input and two statistics): element-wise autograd would also keep tanh(alpha x)."""
+    m = DynamicTanh(8, True)
+    x = torch.randn(4, 5, 8, requires_grad=True)
+    big = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: big.append(t) or t, lambda t: t):
+        m(x)
+    assert [t.numel() for t in big if t.numel() > 8] == [x.numel()] and any(t is x for t in big)
+
+
 def test_dyt_channels_first_and_last_agree_and_keep_bf16():
     last = _randomize(DynamicTanh(6, True))
     first = DynamicTanh(6, False)

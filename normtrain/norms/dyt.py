@@ -20,9 +20,12 @@ Conv nets (ResNets, in place of BN, as the paper's ResNet-50 / VGG19 experiment 
 limitations section): the channels-first form on (N, C, H, W), (N, C) for linear
 layers; the conv bias is off where it follows a conv (beta replaces it).
 
-Precision: gamma, beta and alpha are applied in the input's dtype (under bf16 autocast
-the layer computes and saves bf16, as the matmuls around it do; the authors' code
-promotes to fp32 through the (1,)-shaped alpha).
+Precision and memory: gamma, beta and alpha are applied in the input's dtype (the
+authors' code promotes a bf16 input to fp32 through the (1,)-shaped alpha). The layer
+is one autograd Function (`dynamic_tanh`) that saves only its input and recomputes
+tanh(alpha x) in the backward pass: element-wise autograd would save the input (for
+alpha's gradient) and tanh's output (for its own), twice what a LayerNorm saves (its
+input); the gradients are the formula's, reductions accumulated in fp32.
 """
 from __future__ import annotations
 
@@ -33,6 +36,41 @@ from .bundle import Normalizer
 
 #: alpha_0 of the paper for vision models (ViT, ConvNeXt, and its default).
 ALPHA_INIT = 0.5
+
+
+class _DynamicTanh(torch.autograd.Function):
+    """``weight * tanh(alpha * x) + bias`` saving x alone; `view` shapes weight and bias against x."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, weight, bias, view):
+        a, w, b = alpha.to(x.dtype), weight.to(x.dtype).view(view), bias.to(x.dtype).view(view)
+        ctx.save_for_backward(x, alpha, weight)
+        ctx.view = view
+        return torch.addcmul(b, torch.tanh(a * x), w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha, weight = ctx.saved_tensors
+        view = ctx.view
+        t = torch.tanh(alpha.to(x.dtype) * x)               # recomputed: not saved in forward
+        g_t = grad * weight.to(grad.dtype).view(view)        # d out / d tanh
+        g_u = g_t * (1 - t * t)                              # d out / d (alpha x)
+        # reduce over every dim but the channel's (the last one, or dim 1), in fp32
+        keep = x.dim() - 1 if len(view) == 1 else 1
+        dims = [d for d in range(x.dim()) if d != keep]
+        g_x = g_u * alpha.to(x.dtype) if ctx.needs_input_grad[0] else None
+        g_alpha = (g_u.float() * x.float()).sum().reshape(alpha.shape).to(alpha.dtype) \
+            if ctx.needs_input_grad[1] else None
+        g_w = (grad.float() * t.float()).sum(dims).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        g_b = grad.float().sum(dims).to(weight.dtype) if ctx.needs_input_grad[3] else None
+        return g_x, g_alpha, g_w, g_b, None
+
+
+def dynamic_tanh(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 channels_last: bool) -> torch.Tensor:
+    """DyT(x) = weight * tanh(alpha * x) + bias, weight and bias on x's last dim (channels_last) or on dim 1."""
+    view = (-1,) if channels_last else (-1,) + (1,) * (x.dim() - 2)
+    return _DynamicTanh.apply(x, alpha, weight, bias, view)
 
 
 class DynamicTanh(nn.Module):
@@ -48,11 +86,7 @@ class DynamicTanh(nn.Module):
         self.bias = nn.Parameter(torch.zeros(normalized_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
-        if not self.channels_last:
-            view = (-1,) + (1,) * (x.dim() - 2)
-            w, b = w.view(view), b.view(view)
-        return torch.addcmul(b, torch.tanh(self.alpha.to(x.dtype) * x), w)
+        return dynamic_tanh(x, self.alpha, self.weight, self.bias, self.channels_last)
 
     def extra_repr(self) -> str:
         return (f"normalized_shape={self.normalized_shape}, alpha_init_value={self.alpha_init_value}, "
