@@ -73,6 +73,16 @@ def test_torchvision_init_under_model_init_default():
     assert float(c.classifier[2].weight.detach().std()) == pytest.approx(0.02, rel=0.2)
 
 
+def test_no_weight_decay_names_parameters_of_the_network():
+    m = models.build("vit-tiny-digits", "ln", 10, (1, 8, 8))
+    names = dict(m.named_parameters())
+    assert m.no_weight_decay() == {"class_token", "encoder.pos_embedding"} and m.no_weight_decay() <= set(names)
+    with torch.device("meta"):
+        c = models.build("convnext-tiny", "ln", 10, (3, 32, 32))
+    nwd = c.no_weight_decay()
+    assert len(nwd) == 18 and all(dict(c.named_parameters())[n].shape[1:] == (1, 1) for n in nwd)
+
+
 def _block_by_hand(block, x, pre: bool):
     attn = block.self_attention
     if pre:

@@ -23,6 +23,8 @@ norms/residual.py) and ``norm.residual`` applies. GELU is the architecture's.
 
 Initialisation (``model.init: default``, the ConvNeXt recipe's setting) is torchvision's and
 the paper's: conv and linear weights truncated normal with std 0.02, biases 0.
+``no_weight_decay()`` names the layer scales: the authors' code keeps them 1-d and out of
+weight decay; torchvision's shape (C, 1, 1) is kept here so that its state_dicts load.
 """
 from __future__ import annotations
 
@@ -100,6 +102,10 @@ class ConvNeXt(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """The layer scales: 1-d (no weight decay) in the ConvNeXt code, (C, 1, 1) here as in torchvision (timm's convention)."""
+        return {n for n, _ in self.named_parameters() if n.endswith("layer_scale")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.classifier(self.avgpool(self.features(x))))

@@ -41,6 +41,8 @@ weights as for any network.
 torchvision state_dicts load as they are (the attention's ``in_proj_weight`` /
 ``in_proj_bias`` are renamed on load to ``in_proj.weight`` / ``in_proj.bias``);
 ``model.dropout`` is applied to the class token's features before the classifier.
+``no_weight_decay()`` names the class token and the position embedding, which DeiT and
+timm keep out of weight decay besides the 1-d parameters (timm's convention).
 """
 from __future__ import annotations
 
@@ -180,6 +182,10 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(head.weight)
         if head.bias is not None:
             nn.init.zeros_(head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that DeiT and timm keep out of weight decay besides the 1-d ones (timm's convention)."""
+        return {"class_token", "encoder.pos_embedding"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_proj(x).flatten(2).transpose(1, 2)             # (N, L, C)
