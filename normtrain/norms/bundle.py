@@ -79,8 +79,9 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from . import residual
+from .joins import Add
 from .layout import AsMap
-from .options import NormOptions
 
 #: Attribute set on the module a bundle builds with ``last=True`` (the network's output layer).
 OUTPUT_LAYER = "is_output_layer"
@@ -104,13 +105,6 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if getattr(m, OUTPUT_LAYER, False)]
 
 
-class Add(nn.Module):
-    """Plain residual join: shortcut + branch."""
-
-    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return shortcut + branch
-
-
 class Normalizer:
     """Base bundle: plain layers, ReLU, plain residual sum. Subclasses override what their method changes."""
 
@@ -132,8 +126,11 @@ class Normalizer:
             if builder in cls.__dict__:
                 setattr(cls, builder, _marks_output(cls.__dict__[builder]))
 
-    def __init__(self, options: NormOptions | None = None):
-        self.options = options or NormOptions()
+    def __init__(self, options=None):
+        if options is None:
+            from . import options_class  # the package's registry, above this module
+            options = options_class()()
+        self.options = options
 
     # -- layers ---------------------------------------------------------------
     def _bias(self, bias: bool | None) -> bool:
@@ -164,7 +161,7 @@ class Normalizer:
         """UsageError (one line) unless the method has a meaning for a transformer's tokens."""
         if self.tokens is None:
             from . import METHODS  # not at the top: the registry's modules import this one
-            usable = [n for n, build in METHODS.items() if build(NormOptions()).tokens is not None]
+            usable = [n for n, build in METHODS.items() if build(None).tokens is not None]
             raise UsageError(f"norm '{self.name}' has no meaning in a transformer (vit-*, convnext-tiny): "
                              f"{self.no_tokens}; methods that have one: {', '.join(usable)}")
 
@@ -184,7 +181,6 @@ class Normalizer:
         return Add()
 
     def residual_join(self, inner: nn.Module, index: int, depth: int, drop_rate: float = 0.0) -> nn.Module:
-        from . import residual  # not at the top: residual -> nf -> bundle
         return residual.wrap(inner, self.options.residual, index, depth, self.options.residual_depth_power,
                              drop_rate)
 

@@ -29,6 +29,8 @@ input); the gradients are the formula's, reductions accumulated in fp32.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -36,6 +38,16 @@ from .bundle import Normalizer
 
 #: alpha_0 of the paper for vision models (ViT, ConvNeXt, and its default).
 ALPHA_INIT = 0.5
+
+
+@dataclass
+class Options:
+    dyt_alpha: float = 0.5
+    """DyT: initial value alpha_0 of each layer's learnable scalar alpha in gamma tanh(alpha x) + beta (Zhu et al. 2025: 0.5, their default and every vision model's)."""
+
+    def check(self) -> None:
+        if self.dyt_alpha <= 0:
+            raise ValueError("dyt_alpha must be > 0")
 
 
 class _DynamicTanh(torch.autograd.Function):
