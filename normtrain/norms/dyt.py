@@ -70,11 +70,12 @@ class _DynamicTanh(torch.autograd.Function):
         # reduce over every dim but the channel's (the last one, or dim 1), in fp32
         keep = x.dim() - 1 if len(view) == 1 else 1
         dims = [d for d in range(x.dim()) if d != keep]
+        acc = torch.promote_types(x.dtype, torch.float32)    # fp32 sums for fp16/bf16, float64 kept
         g_x = g_u * alpha.to(x.dtype) if ctx.needs_input_grad[0] else None
-        g_alpha = (g_u.float() * x.float()).sum().reshape(alpha.shape).to(alpha.dtype) \
+        g_alpha = (g_u.to(acc) * x.to(acc)).sum().reshape(alpha.shape).to(alpha.dtype) \
             if ctx.needs_input_grad[1] else None
-        g_w = (grad.float() * t.float()).sum(dims).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        g_b = grad.float().sum(dims).to(weight.dtype) if ctx.needs_input_grad[3] else None
+        g_w = (grad.to(acc) * t.to(acc)).sum(dims).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        g_b = grad.to(acc).sum(dims).to(weight.dtype) if ctx.needs_input_grad[3] else None
         return g_x, g_alpha, g_w, g_b, None
 
 
