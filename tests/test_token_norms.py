@@ -254,3 +254,17 @@ def test_readme_token_table_is_the_methods_own_lines():
     start, end = "<!-- token-table:start -->\n", "<!-- token-table:end -->"
     block = text[text.index(start) + len(start):text.index(end)].strip("\n")
     assert block == token_table(), "README token table is stale: paste tests.test_token_norms.token_table() there"
+
+
+def test_rmsn_and_dyt_save_no_more_than_ln_under_bf16_on_fake_cuda():
+    """Issue 21's memory target, counted (not timed) on fake CUDA tensors with CUDA's bf16 autocast:
+    saved activation bytes of rmsn and dyt <= 1.1x ln's (tools/saved_bytes_transformers.py, full size there)."""
+    import importlib.util
+
+    from .conftest import ROOT
+    spec = importlib.util.spec_from_file_location("saved_bytes", ROOT / "tools/saved_bytes_transformers.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ln = tool.saved_bytes("vit-tiny-digits", "ln", 8, 8)
+    for method in ("rmsn", "dyt"):
+        assert tool.saved_bytes("vit-tiny-digits", method, 8, 8) <= 1.1 * ln, method
