@@ -366,6 +366,11 @@ def build_preact_resnet50(norm, num_classes, in_shape, dropout=0.0):
     return PreActResNet(norm, [3, 4, 6, 3], num_classes, in_shape, dropout=dropout)
 
 
+def build_resnet8(norm, num_classes, in_shape, dropout=0.0):
+    """ResNet-8 for CIFAR: 3 stages of 1 basic block, 16/32/64 channels (a CPU-sized residual net)."""
+    return CifarResNet(norm, 8, num_classes, in_shape, dropout=dropout)
+
+
 def build_resnet20(norm, num_classes, in_shape, dropout=0.0):
     return CifarResNet(norm, 20, num_classes, in_shape, dropout=dropout)
 

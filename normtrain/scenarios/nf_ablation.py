@@ -62,7 +62,7 @@ from ..norms.bn import BatchNorm
 from ..norms.bundle import Normalizer
 from ..norms.nf import NormalizerFree
 from . import common
-from .signal_prop import shape_stats, stage_ids, stage_slices
+from .spp import shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
 

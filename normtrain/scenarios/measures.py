@@ -1,0 +1,54 @@
+"""Measurements of a network in training that several scenarios share: row coherence of its
+weights and the output norm of each of its residual blocks. Not a scenario.
+
+Row coherence (Gitman & Ginsburg 2017 footnote 2): for a weight with rows w_i (one per output
+channel, a conv's kernel flattened), ``max_{i != j} |w_i . w_j| / (||w_i|| ||w_j||)``. WN keeps a
+layer's output norm equal to its input's only while it is small ("W is close to orthogonal").
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def row_coherence(w: torch.Tensor) -> float:
+    """max_{i != j} |w_i . w_j| / (||w_i|| ||w_j||) over the rows of a weight (Gitman & Ginsburg footnote 2)."""
+    w = w.detach().float().flatten(1)
+    if w.shape[0] < 2:
+        return 0.0
+    u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    g = (u @ u.t()).abs()
+    g.fill_diagonal_(0.0)
+    return float(g.max())
+
+
+class BlockNorms:
+    """Mean per-sample L2 norm of the output of the first conv/linear layer and of every residual
+    block (a module with a ``join``, `normtrain.models.residual_blocks`), recorded by forward hooks
+    on the forwards made while ``active`` is set. ``names``: 'first' then the blocks in forward order.
+
+        probe = BlockNorms(model)
+        probe.active = True; model(x); probe.active = False
+        probe.values   # {'first': ..., 'layer1.0': ..., ...}
+    """
+
+    def __init__(self, model: nn.Module):
+        from ..models import residual_blocks
+        self.active = False
+        self.values: dict[str, float] = {}
+        first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        blocks = residual_blocks(model)
+        self.names = ["first"] + [n for n, _ in blocks]
+        self._handles = [first.register_forward_hook(self._hook("first"))]
+        self._handles += [b.register_forward_hook(self._hook(n)) for n, b in blocks]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if self.active:
+                self.values[name] = float(output.detach().float().flatten(1).norm(dim=1).mean())
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
