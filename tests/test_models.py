@@ -239,6 +239,20 @@ def test_cifar10_nv_shapes_and_final_relu():
     assert isinstance(layers[-3], nn.ReLU) and isinstance(layers[-2], nn.AdaptiveAvgPool2d)
 
 
+@pytest.mark.parametrize("method", ["none", "wn", "bn"])
+def test_preact_identity_shortcut_carries_the_raw_input(method):
+    """x + f(x) in every pre-activation block without projection, also for methods whose pre-activation norm is
+    the identity (an in-place ReLU on the block input would turn the shortcut into ReLU(x))."""
+    torch.manual_seed(0)
+    m = models.build("preact-resnet50", method, 5, (3, 32, 32)).train()
+    block = m.layer2[1]
+    x = torch.randn(2, block.residual_branch[0].num_features if method == "bn" else 512, 4, 4)
+    with torch.no_grad():
+        ref = x.clone() + block.residual_branch(x.clone())
+        out = block(x)
+    torch.testing.assert_close(out, ref)
+
+
 def test_cifar10_nv_width_option_scales_the_channels_only():
     full = [c.out_channels for c in models.build("cifar10-nv", "bn", 10, (3, 28, 28)).modules()
             if isinstance(c, nn.Conv2d)]
