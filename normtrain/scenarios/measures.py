@@ -52,3 +52,27 @@ class BlockNorms:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def plateau_tolerance(losses, window: float = 0.1, rel: float = 0.05) -> float:
+    """The relative decline `common.plateaued` should allow on a noisy per-step loss curve: `rel`, or two
+    standard errors of the difference of the two window means (from the values' spread about their
+    window's mean), relative to the earlier window's mean, whichever is larger. A decline inside the
+    curve's own step-to-step noise is not evidence that training is still improving."""
+    import math
+    xs = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
+    k = max(1, int(len(xs) * window))
+    if len(xs) < 2 * k or k < 2:
+        return rel
+    last, before = xs[-k:], xs[-2 * k:-k]
+    ml, mb = sum(last) / k, sum(before) / k
+    var = (sum((x - ml) ** 2 for x in last) + sum((x - mb) ** 2 for x in before)) / (2 * k - 2)
+    se = math.sqrt(2 * var / k)
+    return max(rel, 2 * se / abs(mb)) if mb else rel
+
+
+def settled(losses, window: float = 0.1, rel: float = 0.05) -> bool:
+    """`common.plateaued` with `plateau_tolerance`: the last `window` of the curve is not below the window
+    before it by more than `rel` or than the curve's noise allows."""
+    from .common import plateaued
+    return plateaued(losses, window, plateau_tolerance(losses, window, rel))
