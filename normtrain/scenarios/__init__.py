@@ -45,6 +45,7 @@ SCENARIOS = Registry("scenario", {
     "ghost-ranking": "ghost_ranking",
     "wn-small-net": "wn_small_net",
     "trelu-wn-instability": "trelu_wn_instability",
+    "residual-scalings": "residual_scalings",
 }, __name__)
 
 

@@ -17,7 +17,7 @@ which blocks form a stage and what shape a per-block variance curve has:
   increment exceeds the previous one, ~1 for linear growth, > 1 for accelerating
   (exponential) growth.
 
-Pure functions on lists of numbers (no torch), except `input_batch`.
+Pure functions on lists of numbers (no torch), except `input_batch` and `he_init`.
 """
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def input_batch(ctx, batch_size: int, image_size: int, seed: int):
         return x
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, 3, image_size, image_size, generator=g).to(ctx.device)
+
+
+def he_init(model) -> None:
+    """He (fan-in, ReLU gain) normal init of every conv/linear weight, biases 0: a variance-preserving forward
+    (the premise of the residual scalings and of the NF-ResNet ablations)."""
+    import torch
+    from torch import nn
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 def pearson(a: list[float], b: list[float]) -> float:
