@@ -41,12 +41,26 @@ def test_row_coherence_and_block_norms():
     x = torch.randn(3, 1, 8, 8)
     probe.active = True
     with torch.no_grad():
-        m(x)
+        out = m(x)
     assert probe.names == ["first", "layer1.0", "layer2.0", "layer3.0"]
     with torch.no_grad():
+        first = m.bn1(m.conv1(x)).flatten(1).norm(dim=1).mean()         # after the norm that follows conv1
+        last = m.layer3(m.layer2(m.layer1(m.relu(m.bn1(m.conv1(x)))))).flatten(1).norm(dim=1).mean()
+    assert probe.values["first"] == pytest.approx(float(first), rel=1e-5)
+    assert probe.values["layer3.0"] == pytest.approx(float(last), rel=1e-5)
+    probe.values, probe.active = {}, False
+    with torch.no_grad():
+        m(x)                                                             # inactive: nothing recorded
+    assert probe.values == {}
+    probe.remove()
+    torch.manual_seed(0)
+    m = models.build("resnet8", "none", 10, (1, 8, 8)).eval()             # no norm: the conv's own output,
+    probe = measures.BlockNorms(m)                                        # before the in-place ReLU
+    probe.active = True
+    with torch.no_grad():
+        m(x)
         first = m.conv1(x).flatten(1).norm(dim=1).mean()
     assert probe.values["first"] == pytest.approx(float(first), rel=1e-5)
-    probe.remove()
 
 
 # -- ws-hessian -------------------------------------------------------------------------------------------

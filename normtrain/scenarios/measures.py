@@ -23,9 +23,11 @@ def row_coherence(w: torch.Tensor) -> float:
 
 
 class BlockNorms:
-    """Mean per-sample L2 norm of the output of the first conv/linear layer and of every residual
-    block (a module with a ``join``, `normtrain.models.residual_blocks`), recorded by forward hooks
-    on the forwards made while ``active`` is set. ``names``: 'first' then the blocks in forward order.
+    """Mean per-sample L2 norm of the output of the first conv/linear layer (after the activation norm that
+    runs right after it, if any, as `normtrain.engine.NormTracker` measures it, so BN-family methods are
+    seen normalized) and of every residual block (a module with a ``join``,
+    `normtrain.models.residual_blocks`), recorded by forward hooks on the forwards made while ``active`` is
+    set. ``names``: 'first' then the blocks in forward order.
 
         probe = BlockNorms(model)
         probe.active = True; model(x); probe.active = False
@@ -34,24 +36,48 @@ class BlockNorms:
 
     def __init__(self, model: nn.Module):
         from ..models import residual_blocks
+        from .common import is_norm_layer
         self.active = False
         self.values: dict[str, float] = {}
-        first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         blocks = residual_blocks(model)
         self.names = ["first"] + [n for n, _ in blocks]
-        self._handles = [first.register_forward_hook(self._hook("first"))]
-        self._handles += [b.register_forward_hook(self._hook(n)) for n, b in blocks]
+        self._handles = [b.register_forward_hook(self._hook(n)) for n, b in blocks]
+        # The first layer's output point is found in the first forward: the first conv/linear to finish, or the
+        # norm layer that finishes right after it.
+        self._order: list[nn.Module] = []
+        self._first_handles = [m.register_forward_hook(self._find_first) for m in model.modules()
+                               if isinstance(m, (nn.Conv2d, nn.Linear)) or is_norm_layer(m)]
+        self._is_norm = is_norm_layer
+
+    @staticmethod
+    def _norm(output) -> float:
+        return float(output.detach().float().flatten(1).norm(dim=1).mean())
+
+    def _find_first(self, module, inputs, output):
+        # Norms are taken now: a later in-place activation may overwrite this output.
+        self._order.append((module, self._norm(output)))
+        layers = [i for i, (m, _) in enumerate(self._order) if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not layers or len(self._order) < layers[0] + 2:
+            return
+        i = layers[0]
+        point, value = self._order[i + 1] if self._is_norm(self._order[i + 1][0]) else self._order[i]
+        for h in self._first_handles:
+            h.remove()
+        self._first_handles, self._order = [], []
+        self._handles.append(point.register_forward_hook(self._hook("first")))
+        if self.active:
+            self.values["first"] = value
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
             if self.active:
-                self.values[name] = float(output.detach().float().flatten(1).norm(dim=1).mean())
+                self.values[name] = self._norm(output)
         return hook
 
     def remove(self) -> None:
-        for h in self._handles:
+        for h in self._handles + self._first_handles:
             h.remove()
-        self._handles = []
+        self._handles, self._first_handles = [], []
 
 
 def plateau_tolerance(losses, window: float = 0.1, rel: float = 0.05) -> float:

@@ -19,8 +19,9 @@ What runs (CPU size): ``model`` (default ``resnet20``, 9 residual blocks) with
 constant lr ``lr``: the paper's 0.1, which its poly-2 schedule keeps above 0.03
 for the first 50 epochs) at batch ``batch_size`` on the built-in digits (or
 ``--data``). Every ``record_every`` steps, on that step's batch: the mean
-per-sample L2 norm of the first conv's output and of every residual block's
-output (`measures.BlockNorms`), and the row coherence max_{i!=j} |w_i.w_j| /
+per-sample L2 norm of the first conv's output (after its norm layer when one
+follows it, so BN is measured normalized) and of every residual block's output
+(`measures.BlockNorms`), and the row coherence max_{i!=j} |w_i.w_j| /
 (|w_i| |w_j|) of every conv's effective weight (`measures.row_coherence`,
 footnote 2). Divergence: the training loss is non-finite or above ``blowup`` x
 its initial value; the run stops there.

@@ -241,8 +241,8 @@ def verdict(top1: dict, curves: dict, min_effect: float, grad_gap: dict | None =
             "gn+ws <= 1e-5 (float32 round-off) and bn > 1e-3"))
     m = {a: common.mean_std(top1[a])[0] for a in top1}
     states = {q["name"]: q["state"] for q in parts}
-    headline = (f"test top-1 gn+ws@1 {m['gn+ws@1']:.1f}% vs bn@B {m['bn@B']:.1f}% ({states['gn+ws@1 vs bn@B']}), "
-                f"bn@1 {m['bn@1']:.1f}% ({states['bn@1 vs bn@B']} below bn@B)")
+    headline = (f"test top-1 gn+ws@1 {m['gn+ws@1']:.1f}% vs bn@B {m['bn@B']:.1f}%: matches or beats "
+                f"{states['gn+ws@1 vs bn@B']}; bn@1 {m['bn@1']:.1f}%: falls behind {states['bn@1 vs bn@B']}")
     return common.verdict_of(CLAIM, parts, headline)
 
 
