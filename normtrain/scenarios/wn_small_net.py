@@ -240,7 +240,7 @@ def run(ctx, p: Params) -> dict:
         steps = max(10, int(round(p.epochs * len(ld))))
         batches = resize(common.take(ld, steps))
         shape = (ld.in_shape[0], p.image_size, p.image_size)
-        every = max(1, steps // 6)
+        every = -(-steps // 6)  # about six evaluations during training, and one at the end
         for m in p.methods:
             r = recipes[m]
             torch.manual_seed(s)

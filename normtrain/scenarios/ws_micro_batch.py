@@ -106,6 +106,8 @@ class Params(common.Params):
     """Seeds per arm (seed, seed + 1, ...): initial weights and data order."""
     min_effect: float = 0.0
     """Smallest test top-1 gap (points) that counts; 0 = max(5 test images, 0.5 points)."""
+    per_image_images: int = 0
+    """Test images for bn@1's per-image-statistics evaluation (one forward each; 0 = the whole split)."""
     image_size: int = 0
     """With --data: resize to this size (0 = natural size)."""
     threads: int = 1
@@ -118,6 +120,7 @@ class Params(common.Params):
             common.positive(k, getattr(self, k))
         common.positive("weight_decay", self.weight_decay, allow_zero=True)
         common.positive("min_effect", self.min_effect, allow_zero=True)
+        common.positive("per_image_images", self.per_image_images, allow_zero=True)
         common.positive("image_size", self.image_size, allow_zero=True)
         if self.batch_size % self.micro_batch:
             raise ValueError(f"micro_batch: {self.micro_batch} does not divide batch_size {self.batch_size}")
@@ -167,13 +170,16 @@ def accumulated_gap(method: str, p: Params, x, y, num_classes: int, in_shape) ->
 
 
 @torch.no_grad()
-def per_image_top1(model, batches) -> float:
-    """Top-1 with BN normalizing each test image by its own statistics (train mode, batch 1); buffers restored."""
+def per_image_top1(model, batches, limit: int = 0) -> float:
+    """Top-1 with BN normalizing each test image by its own statistics (train mode, batch 1), over the first
+    `limit` images (0: all); buffers restored."""
     snap = common.buffers_snapshot(model)
     model.train()
     correct = n = 0
     for x, y in batches:
         for i in range(len(y)):
+            if limit and n >= limit:
+                break
             correct += int(model(x[i:i + 1]).argmax(1).item() == int(y[i]))
             n += 1
     common.buffers_restore(model, snap)
@@ -317,7 +323,7 @@ def run(ctx, p: Params) -> dict:
             r = {"seed": s, "losses": losses, "diverged_at": div, "test_top1": ev["top1"], "test_loss": ev["loss"],
                  "steps": steps, "micro_batch": plan.micro, "iteration_size": plan.accum}
             if name == "bn@1":
-                r["test_top1_per_image_stats"] = per_image_top1(model, test)
+                r["test_top1_per_image_stats"] = per_image_top1(model, test, p.per_image_images)
                 per_image.append(r["test_top1_per_image_stats"])
             runs[name].append(r)
             bar.update(1)
