@@ -405,9 +405,9 @@ class NormTracker:
 
 
 def _is_norm(m: torch.nn.Module) -> bool:
-    """Activation-normalization layers: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm."""
+    """Activation-normalization layers: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm, RMSNorm, DyT."""
     from torch.nn.modules.batchnorm import _NormBase
-    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
+    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)) or norms.layout.is_token_family_norm(m)
 
 
 # -- the loop --------------------------------------------------------------------------

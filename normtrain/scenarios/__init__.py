@@ -46,6 +46,7 @@ SCENARIOS = Registry("scenario", {
     "wn-small-net": "wn_small_net",
     "trelu-wn-instability": "trelu_wn_instability",
     "residual-scalings": "residual_scalings",
+    "dyt-tanh-shape": "dyt_tanh_shape",
 }, __name__)
 
 
