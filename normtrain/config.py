@@ -647,7 +647,14 @@ def dataclass_docs(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if klass is object or not dataclasses.is_dataclass(klass) or not vars(klass).get("__annotations__"):
             continue  # declares no field of its own (e.g. the NormConfig put together from its parts)
-        node = _class_nodes(sys.modules[klass.__module__].__file__).get(klass.__qualname__)
+        path = sys.modules[klass.__module__].__file__
+        upto = klass.__module__.rpartition(":")[2] if ":" in klass.__module__ else None
+        if upto:  # read from the head of its file (`static.light` with upto): parse that head only
+            from .static import head
+            node = next((n for n in head(path, upto).body if isinstance(n, ast.ClassDef)
+                         and n.name == klass.__qualname__), None)
+        else:
+            node = _class_nodes(path).get(klass.__qualname__)
         if node is None:  # not a top-level class of its file
             node = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
         body = node.body
