@@ -171,7 +171,7 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
         return
     if device is not None:
         params = sum(p.numel() * 4 for p in net.parameters())  # float32 master weights
-        memory.check(recipe, device, in_shape, micro, memory.Estimate(acts, 2 * params))
+        memory.check(recipe, device, in_shape, micro, memory.Estimate(acts, memory.weight_copies(recipe) * params))
 
 
 def wrap_model(run: Run) -> None:

@@ -334,3 +334,11 @@ def _a_run_without_ema(tmp_path):
     out = tmp_path / "plain"
     engine.train(recipe(out, ("train.max_steps", 1), ("train.final_eval", False)))
     return out, out / "checkpoints/last.pt"
+
+
+def test_memory_check_counts_the_optimizer_state_and_the_ema():
+    from normtrain import memory
+    copies = {(o, e): memory.weight_copies(config.load(None, [("optim.name", o), ("train.ema_decay", e)]))
+              for o in ("sgd", "lars", "adamw", "lamb") for e in (0.0, 0.999)}
+    assert copies == {("sgd", 0.0): 2, ("sgd", 0.999): 3, ("lars", 0.0): 2, ("lars", 0.999): 3,
+                      ("adamw", 0.0): 3, ("adamw", 0.999): 4, ("lamb", 0.0): 3, ("lamb", 0.999): 4}
