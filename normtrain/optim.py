@@ -14,7 +14,10 @@ without it is bad input, named before anything is written.
 
 Weight decay: with ``optim.no_decay_norm_bias`` the parameters with at most one
 dimension (norm scales and shifts, biases, each method's own vectors and scalars:
-WN gains, TReLU thresholds, NF skip gains...) form a second group with weight decay 0;
+WN gains, TReLU thresholds, NF skip gains...) and those the network names in its
+``no_weight_decay()`` (timm's convention: a ViT's class token and position embedding,
+ConvNeXt's layer scales, as DeiT and ConvNeXt exclude them) form a second group with
+weight decay 0;
 timm's Lamb and Lars apply their trust ratio only where weight decay is on, so that
 group is not adapted either (LARS's usual exclusion of BN and biases).
 """
@@ -38,11 +41,13 @@ def require_timm(name: str) -> None:
 
 
 def param_groups(model: torch.nn.Module, o: OptimConfig) -> list[dict]:
-    """[decayed parameters, then (with no_decay_norm_bias) those with <= 1 dimension, without decay]."""
+    """[decayed parameters, then (with no_decay_norm_bias) those with <= 1 dimension or named by the
+    network's ``no_weight_decay()``, without decay]."""
+    named = set(model.no_weight_decay()) if o.no_decay_norm_bias and hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if o.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
+            (no_decay if o.no_decay_norm_bias and (p.ndim <= 1 or name in named) else decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

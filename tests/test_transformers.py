@@ -83,6 +83,22 @@ def test_no_weight_decay_names_parameters_of_the_network():
     assert len(nwd) == 18 and all(dict(c.named_parameters())[n].shape[1:] == (1, 1) for n in nwd)
 
 
+def test_optimizer_keeps_the_named_parameters_out_of_weight_decay():
+    """DeiT/timm: with no_decay_norm_bias the class token and position embedding (3-d) are not decayed."""
+    from normtrain import config, optim
+    m = models.build("vit-tiny-digits", "ln", 10, (1, 8, 8))
+    names = {id(p): n for n, p in m.named_parameters()}
+    decay, no_decay = optim.build(m, config.OptimConfig(name="adamw", weight_decay=0.05, no_decay_norm_bias=True),
+                                  torch.device("cpu")).param_groups
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"class_token", "encoder.pos_embedding"} <= skipped
+    assert skipped == {n for n, p in m.named_parameters() if p.ndim <= 1} | m.no_weight_decay()
+    assert all(p.ndim > 1 and names[id(p)] not in m.no_weight_decay() for p in decay["params"])
+    # without the switch every parameter is decayed, the network's list included
+    only, = optim.build(m, config.OptimConfig(name="adamw", weight_decay=0.05), torch.device("cpu")).param_groups
+    assert len(only["params"]) == len(names)
+
+
 def _block_by_hand(block, x, pre: bool):
     attn = block.self_attention
     if pre:
