@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import batching, config
+from . import batching, config, recipe_runs
 from .preflight import validate
 from .errors import (EXIT_DIVERGED, EXIT_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER, EnvError,
                      UsageError, WorkerError)
@@ -78,13 +78,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume-changed", metavar="refuse|allow|KEYS",
                    help="what a resume may change in the experiment: refuse (default: stop with a diff), allow, "
                         "or a comma list of keys; shorthand for --set run.resume_changed=")
-    g = p.add_argument_group("distributed (torchrun options)")
-    g.add_argument("--nproc-per-node", default="1", metavar="N|auto", help="processes on this node: N or auto (= visible GPUs)")
-    g.add_argument("--nnodes", default="1", metavar="N|MIN:MAX", help="number of nodes, or MIN:MAX for elastic")
-    g.add_argument("--node-rank", type=int, default=0, metavar="K", help="rank of this node")
-    g.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="host:port of the rendezvous (multi-node)")
-    g.add_argument("--max-restarts", type=int, default=0, metavar="N", help="worker group restarts on failure")
-    g.add_argument("--rdzv-id", default="", metavar="ID", help="job id shared by all nodes (multi-node)")
+    recipe_runs.add_launch_args(p)  # the same options as the scenarios' --scale paper runs
     return p
 
 
