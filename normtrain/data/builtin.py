@@ -3,7 +3,9 @@ Recognition of Handwritten Digits", as shipped with scikit-learn; CC BY 4.0).
 
 Vendored as `digits.npz` (uint8 pixels 0..16, labels). A fixed stratified split
 (seed 0) keeps 360 images for evaluation. Inputs are scaled to [0, 1] and
-standardised with the training split's per-pixel mean and std.
+standardised with the training split's per-pixel mean and std (``data.normalize``
+auto or per-pixel; ``per-channel``: one mean and std); ``minus-one-one`` scales
+them to [-1, 1] instead, ``none`` keeps [0, 1].
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .base import DataContext, TensorLoader
 
 FILE = Path(__file__).with_name("digits.npz")
@@ -31,17 +34,28 @@ def _split(y: np.ndarray):
     return train, test
 
 
-def load_arrays():
+NORMALIZE = ("auto", "per-pixel", "per-channel", "minus-one-one", "none")
+
+
+def load_arrays(normalize: str = "auto"):
+    if normalize not in NORMALIZE:
+        raise UsageError(f"data.normalize={normalize} is not supported for the built-in digits; "
+                         f"choose from: {', '.join(NORMALIZE)}")
     with np.load(FILE) as f:
         x, y = f["images"].astype(np.float32) / 16.0, f["labels"].astype(np.int64)
     train, test = _split(y)
-    mean, std = x[train].mean(0), x[train].std(0) + 1e-2  # some border pixels are constant
-    x = (x - mean) / std
+    if normalize in ("auto", "per-pixel"):
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-2  # some border pixels are constant
+        x = (x - mean) / std
+    elif normalize == "per-channel":  # one channel: one mean and std
+        x = (x - x[train].mean()) / x[train].std()
+    elif normalize == "minus-one-one":
+        x = 2.0 * x - 1.0
     return (x[train], y[train]), (x[test], y[test])
 
 
 def build(cfg, split: str, ctx: DataContext):
     """The built-in digits: 1,797 real 8x8 handwritten digits (UCI), no download; the default recipe's data."""
-    (xtr, ytr), (xte, yte) = load_arrays()
+    (xtr, ytr), (xte, yte) = load_arrays(cfg.normalize)
     x, y = (xtr, ytr) if split == "train" else (xte, yte)
     return TensorLoader(torch.from_numpy(x)[:, None], torch.from_numpy(y), 10, ctx)
