@@ -91,9 +91,6 @@ def _runs(div, growth=5.0, rise=0.3):
     return [{"lr": lr, "diverged_at": div(lr), "gain_growth": growth, "coherence_rise": rise} for lr in GRID]
 
 
-GRID5 = [1e-05, 3.162e-05, 0.0001, 0.0003162] + GRID
-
-
 def test_linear50_verdict_every_state():
     wn = _runs(lambda lr: None if lr < 0.01 else 5)
     bn = _runs(lambda lr: None)
@@ -121,6 +118,9 @@ def test_linear50_verdict_every_state():
     # a grid too narrow to show a 100x range, or fewer than 100 steps: inconclusive
     short = [r for r in narrow if r["lr"] >= 0.1]
     assert states(linear50_wn.verdict(short, short, short))["divergence"] == I
+    all_short = [r for r in _runs(lambda lr: 3) if r["lr"] >= 0.1]   # WN diverges at every rate of a 10x grid
+    v = linear50_wn.verdict(all_short, [r for r in stable if r["lr"] >= 0.1], [r for r in stable if r["lr"] >= 0.1])
+    assert v["state"] == I and "inconclusive" in v["headline"] and "decides it" in v["parts"][0]["measured"]
     assert states(linear50_wn.verdict(narrow, bn, bn, horizon=50))["divergence"] == I
     # controls: BN diverging too, none diverging as early
     wide = _runs(lambda lr: 3 if lr >= 0.01 else None)
@@ -184,6 +184,9 @@ def test_row_coherence():
     assert linear50_wn.row_coherence(torch.eye(4)) == pytest.approx(0.0)
     w = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     assert linear50_wn.row_coherence(w) == pytest.approx(1 / math.sqrt(2))
+    torch.manual_seed(0)
+    ws = [torch.randn(8, 8) for _ in range(3)] + [torch.randn(3, 8), torch.randn(1, 8), w]
+    assert linear50_wn.row_coherences(ws) == pytest.approx([linear50_wn.row_coherence(x) for x in ws], rel=1e-6)
 
 
 # -- normprop-residual ------------------------------------------------------------------------------
@@ -234,6 +237,10 @@ def test_normprop_verdict_every_state():
     assert states(v)["bn-control"] == N and states(v)["large-rate"] == I   # no larger rate where BN trains
     assert v["state"] == N
     assert states(normprop_residual.verdict(ok, paper_lr=0.01, factors={"with": 3.0, "without": 2.0}))["variance"] == N
+    small_grid = _np_runs({"with": {0.01: "trained", 0.1: "trained"}, "without": {0.01: "diverged", 0.1: "diverged"},
+                           "bn": {0.01: "trained", 0.1: "diverged"}})
+    v = normprop_residual.verdict(small_grid, paper_lr=0.01)    # no larger rate at which BN trains
+    assert v["state"] == I and states(v)["large-rate"] == I
     beside = {"resnet56": [{"config": "with", "status": "diverged"}, {"config": "without", "status": "diverged"}]}
     assert "resnet56: with it trains at 0/1 (diverged at 1)" in normprop_residual.verdict(ok, beside=beside)["headline"]
     assert normprop_residual.verdict([])["state"] == NA
@@ -414,7 +421,8 @@ def test_ws_gradients_verdict_every_state():
     v = ws_gradients.verdict(ok, same)
     assert states(v)["null-arm"] == N and states(v)["eq8-small"] == R and v["state"] == N
     noisy = [{"eq8": x, "eq9": 0.1} for x in (0.0, 0.05, 0.001, 0.04)]
-    assert states(ws_gradients.verdict(ok, noisy))["null-arm"] == I
+    v = ws_gradients.verdict(ok, noisy)
+    assert states(v)["null-arm"] == I and v["state"] == I
     assert states(ws_gradients.verdict(ok, []))["null-arm"] == NA
     inexact = _ws_recs(0.002, residual=0.1)
     assert states(ws_gradients.verdict(inexact, null))["decomposition"] == N

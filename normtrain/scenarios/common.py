@@ -286,15 +286,19 @@ def state_not_less(d: dict) -> str:
 
 
 def plateaued(losses, window: float = 0.1, rel: float = 0.05) -> bool:
-    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of
-    values is less than `rel` (relative) below the mean of the `window` fraction before it. Claims
-    about final accuracy are judged only on runs for which this holds (else inconclusive)."""
+    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of values is less
+    than `rel` (relative) below the mean of the `window` fraction before it, or not below it by more than 2
+    standard errors of the difference of the two means (the steps' own noise: a flat but noisy curve, e.g. with
+    dropout, is not "still falling"). Claims about final accuracy are judged only on runs for which this holds
+    (else inconclusive)."""
     xs = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
     k = max(1, int(len(xs) * window))
     if len(xs) < 2 * k or len(xs) < 4:
         return False
-    last, before = sum(xs[-k:]) / k, sum(xs[-2 * k:-k]) / k
-    return before - last < rel * abs(before)
+    last, before = xs[-k:], xs[-2 * k:-k]
+    (ml, sl), (mb, sb) = mean_std(last), mean_std(before)
+    drop = mb - ml
+    return drop < rel * abs(mb) or drop <= 2 * math.sqrt((sl ** 2 + sb ** 2) / k)
 
 
 def decay_acts(lr: float, weight_decay: float, steps: int, threshold: float = 0.01) -> bool:
