@@ -132,7 +132,8 @@ def verdict(res: dict, methods: list[str], effect_test: float = 1.39, effect_tra
             return common.INCONCLUSIVE, why
         st = common.state_greater(d)
         if st == common.INCONCLUSIVE and abs(d["gap"]) < d["min_effect"]:
-            return st, "; a gap under the minimum effect: a larger split (5 images of 10,000 are 0.05 points) decides it"
+            return st, ("; a gap under the minimum effect (5 images of this split): a larger test split decides it "
+                        "(on 10,000 images the minimum effect is 0.5 points)")
         return st, ""
     for m in methods:
         tr = common.difference(res[m]["train_top1"], bn["train_top1"], effect_train)
