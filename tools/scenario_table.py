@@ -7,7 +7,7 @@
 
 ``--run`` runs every registered scenario at its defaults (their own fixed seeds) as
 ``python -m normtrain scenario NAME`` subprocesses, ``--jobs`` (default 2) at a time,
-each with one thread (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, the scenarios' threads=1),
+each with one thread (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, the scenarios' threads=1), the longest first,
 so that the numbers do not depend on the machine's core count or load; each one's
 output goes to runs/scenario-NAME.log. Updating copies each scenario's plots to
 docs/scenarios/ (the first as NAME.png, the others as NAME-<plot>.png), writes
@@ -175,14 +175,25 @@ def write_readme(readme: Path, block: str) -> None:
 
 # -- running ----------------------------------------------------------------------------------------------------
 
-def run_all(names: list[str], runs: Path, jobs: int = 2, echo: bool = True) -> dict:
+def committed_costs() -> dict:
+    """{scenario: CPU seconds} of the committed results (docs/scenarios/verdicts.json), {} if none."""
+    path = ROOT / DOCS / "verdicts.json"
+    if not path.is_file():
+        return {}
+    return {n: e.get("cpu_s") for n, e in json.loads(path.read_text()).items() if e.get("cpu_s") is not None}
+
+
+def run_all(names: list[str], runs: Path, jobs: int = 2, echo: bool = True, costs: dict | None = None) -> dict:
     """Run each scenario at its defaults as a subprocess, `jobs` at a time, one thread each.
 
-    Output of each goes to runs/scenario-NAME.log; returns {name: wall seconds}. Raises RuntimeError naming every
-    scenario that failed, with the end of its log."""
+    The longest go first (by `costs`, default the committed CPU seconds; scenarios without one first of all), so
+    that the last to finish is a short one. Output of each goes to runs/scenario-NAME.log; returns {name: wall
+    seconds}. Raises RuntimeError naming every scenario that failed, with the end of its log."""
     runs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **ENV)
-    pending, active, walls, failed = list(names), {}, {}, []
+    costs = committed_costs() if costs is None else costs
+    order = sorted(names, key=lambda n: -costs.get(n, float("inf")))
+    pending, active, walls, failed = order, {}, {}, []
     t_all = time.perf_counter()
     while pending or active:
         while pending and len(active) < max(1, jobs):
