@@ -22,6 +22,7 @@ CASES = {
     "cifar10-nv": ((3, 28, 28), 10, {}),
     "resnet56": ((3, 32, 32), 10, {"groups": 4}),
     "resnet20": ((3, 16, 16), 10, {"groups": 4}),
+    "resnet8": ((3, 16, 16), 10, {"groups": 4}),
     "wrn28-10": ((3, 16, 16), 100, {"groups": 4}),
     "resnet18": ((3, 64, 64), 5, {}),
     "resnet50": ((3, 64, 64), 5, {}),
@@ -29,6 +30,13 @@ CASES = {
     "nf-resnet50": ((3, 64, 64), 5, {}),
 }
 DEFAULT_CASE = ((3, 64, 64), 5, {})
+# Networks outside FULL that take a smaller input than DEFAULT_CASE (few tokens), and the methods they run
+# with here when not SUBSET: vit-b16 is vit-s16's code at another size (86M parameters to initialise twice;
+# its count and layout: tests/test_transformers.py, on the meta device), convnext-tiny runs bn's token form
+# (every method on a ViT, and a small ConvNeXt against torchvision's: tests/test_transformers.py).
+SMALL = {"vit-s16": ((3, 32, 32), 5, {}), "convnext-tiny": ((3, 32, 32), 5, {}),
+         "vit-tiny-digits": ((1, 8, 8), 10, {"groups": 4})}
+ONLY = {"vit-b16": (), "convnext-tiny": ("bn",)}
 # Networks exercised with every registered method; the others (the 101-layer nets, ResNeXt and any
 # network added later) only with a few representative ones, to keep the run short.
 FULL = set(CASES)
@@ -45,13 +53,17 @@ UNBOUNDED = {"ws"}
 def _pairs():
     out = []
     for net in models.names():
-        methods = norms.names() if net in FULL else [m for m in SUBSET if m in norms.names()]
+        methods = norms.names() if net in FULL else [m for m in ONLY.get(net, SUBSET) if m in norms.names()]
         out += [(net, m) for m in methods]
     return out
 
 
+def _case(net: str):
+    return CASES.get(net) or SMALL.get(net, DEFAULT_CASE)
+
+
 def _bundle(method: str, net: str, **extra):
-    _, _, opts = CASES.get(net, DEFAULT_CASE)
+    _, _, opts = _case(net)
     return norms.get(method, ghost_groups=GHOST_GROUPS, **{**opts, **extra})
 
 
@@ -61,7 +73,7 @@ def _finite(t: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("net,method", _pairs(), ids=[f"{n}-{m}" for n, m in _pairs()])
 def test_forward_backward_roundtrip(net, method):
-    shape, classes, _ = CASES.get(net, DEFAULT_CASE)
+    shape, classes, _ = _case(net)
     torch.manual_seed(0)
     model = models.build(net, _bundle(method, net), classes, shape)
     x = torch.randn(BATCH, *shape)
@@ -96,7 +108,7 @@ def test_forward_backward_roundtrip(net, method):
 
 def test_every_network_is_registered():
     expected = {"mlp", "linear50", "cifar10-nv", "resnet18", "resnet50", "resnet101", "resnext50-32x4d",
-                "resnext101-32x4d", "preact-resnet50", "nf-resnet50", "resnet56", "wrn28-10"}
+                "resnext101-32x4d", "preact-resnet50", "nf-resnet50", "resnet56", "resnet20", "resnet8", "wrn28-10"}
     assert expected <= set(models.names())
 
 
@@ -296,6 +308,29 @@ def test_cifar10_nv_shapes_and_final_relu():
     assert bool((pool_in >= 0).all())                               # conv9 is followed by ReLU
     layers = list(m.net)
     assert isinstance(layers[-3], nn.ReLU) and isinstance(layers[-2], nn.AdaptiveAvgPool2d)
+
+
+@pytest.mark.parametrize("method", ["none", "wn", "bn"])
+def test_preact_identity_shortcut_carries_the_raw_input(method):
+    """x + f(x) in every pre-activation block without projection, also for methods whose pre-activation norm is
+    the identity (an in-place ReLU on the block input would turn the shortcut into ReLU(x))."""
+    torch.manual_seed(0)
+    m = models.build("preact-resnet50", method, 5, (3, 32, 32)).train()
+    block = m.layer2[1]
+    x = torch.randn(2, block.residual_branch[0].num_features if method == "bn" else 512, 4, 4)
+    with torch.no_grad():
+        ref = x.clone() + block.residual_branch(x.clone())
+        out = block(x)
+    torch.testing.assert_close(out, ref)
+
+
+def test_cifar10_nv_width_option_scales_the_channels_only():
+    full = [c.out_channels for c in models.build("cifar10-nv", "bn", 10, (3, 28, 28)).modules()
+            if isinstance(c, nn.Conv2d)]
+    assert full == [128, 128, 128, 256, 256, 256, 320, 320, 10]
+    m = models.build("cifar10-nv", "bn", 10, (1, 16, 16), width=0.125)
+    assert [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)] == [16, 16, 16, 32, 32, 32, 40, 40, 10]
+    assert m(torch.randn(2, 1, 16, 16)).shape == (2, 10)            # 16 -> 8 -> 4 -> conv7 -> 2x2
 
 
 def test_cifar10_nv_caffe_xavier_bound():

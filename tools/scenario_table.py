@@ -79,7 +79,7 @@ def entry(name: str, res: dict) -> dict:
     return {"state": state_of(v), "reproduced": state_of(v) == "reproduced",
             "parts": [{"name": q["name"], "source": q["source"], "state": q["state"]} for q in v.get("parts", [])],
             "headline": v.get("headline") or v["measured"], "claim": v["claim"],
-            "non_default_params": non_default(name, res["params"]),
+            "criterion": v["criterion"], "non_default_params": non_default(name, res["params"]),
             "runtime_s": res.get("runtime_s"), "cpu_s": res.get("cpu_s"), "device": res.get("device"),
             "torch": version, "plots": [str(DOCS / p) for p in plot_names(name, res.get("plots", []))]}
 

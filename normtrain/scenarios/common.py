@@ -287,18 +287,15 @@ def state_not_less(d: dict) -> str:
 
 def plateaued(losses, window: float = 0.1, rel: float = 0.05) -> bool:
     """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of values is less
-    than `rel` (relative) below the mean of the `window` fraction before it, or not below it by more than 2
-    standard errors of the difference of the two means (the steps' own noise: a flat but noisy curve, e.g. with
-    dropout, is not "still falling"). Claims about final accuracy are judged only on runs for which this holds
-    (else inconclusive)."""
+    than `rel` (relative) below the mean of the `window` fraction before it. Claims about final accuracy are judged
+    only on runs for which this holds (else inconclusive). On a noisy per-step curve use `measures.settled`, which
+    widens `rel` to the curve's own noise."""
     xs = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
     k = max(1, int(len(xs) * window))
     if len(xs) < 2 * k or len(xs) < 4:
         return False
-    last, before = xs[-k:], xs[-2 * k:-k]
-    (ml, sl), (mb, sb) = mean_std(last), mean_std(before)
-    drop = mb - ml
-    return drop < rel * abs(mb) or drop <= 2 * math.sqrt((sl ** 2 + sb ** 2) / k)
+    last, before = sum(xs[-k:]) / k, sum(xs[-2 * k:-k]) / k
+    return before - last < rel * abs(before)
 
 
 def decay_acts(lr: float, weight_decay: float, steps: int, threshold: float = 0.01) -> bool:
@@ -557,9 +554,12 @@ def buffers_restore(model: torch.nn.Module, snap: dict) -> None:
 
 
 def is_norm_layer(m: torch.nn.Module) -> bool:
-    """Activation-normalization modules: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm."""
+    """Activation-normalization modules: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm, RMSNorm, DyT."""
     from torch.nn.modules.batchnorm import _NormBase
-    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm))
+
+    from ..norms.layout import is_token_family_norm
+    return (isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm))
+            or is_token_family_norm(m))
 
 
 def has_weight_reparam(m: torch.nn.Module) -> bool:

@@ -58,6 +58,7 @@ from torch import nn
 
 from .. import models, norms
 from . import common
+from .measures import row_coherence, row_coherences  # noqa: F401 (row_coherence: the tests' reference)
 
 USES_DATA = True
 #: Input scalings offered (data.normalize); the paper's ImageNet input is [-1, 1] (G&G footnote 4).
@@ -141,37 +142,6 @@ MATCHED = "wn (g=|v|)"
 
 
 # -- measurements -----------------------------------------------------------------------
-
-def row_coherences(weights: list[torch.Tensor]) -> list[float]:
-    """`row_coherence` of each weight, computed in one batched product per weight shape (one sync in all)."""
-    out: list = [None] * len(weights)
-    shapes: dict = {}
-    for i, w in enumerate(weights):
-        shapes.setdefault(tuple(w.detach().flatten(1).shape), []).append(i)
-    for (rows, _), idx in shapes.items():
-        if rows < 2:
-            for i in idx:
-                out[i] = torch.zeros(())
-            continue
-        w = torch.stack([weights[i].detach().float().flatten(1) for i in idx])
-        u = w / w.norm(dim=2, keepdim=True).clamp_min(1e-30)
-        g = (u @ u.transpose(1, 2)).abs()
-        g.diagonal(dim1=1, dim2=2).zero_()
-        for i, v in zip(idx, g.amax(dim=(1, 2))):
-            out[i] = v
-    return [float(v) for v in torch.stack(out).tolist()]
-
-
-def row_coherence(w: torch.Tensor) -> float:
-    """max_{i != j} |w_i . w_j| / (||w_i|| ||w_j||) over the rows of a 2-d weight (Gitman & Ginsburg footnote 2)."""
-    w = w.detach().float().flatten(1)
-    if w.shape[0] < 2:
-        return 0.0
-    u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    g = (u @ u.t()).abs()
-    g.fill_diagonal_(0.0)
-    return float(g.max())
-
 
 def layer_units(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(linear layer, module whose output is that layer's output) for each layer, in order.

@@ -30,7 +30,7 @@ means over the seeds is shown only at >= 2 standard errors and >= the minimum
 effect, max(``min_images`` images, ``min_points`` points) of the split; shown
 equal counts against the claim; anything else is inconclusive with the seeds
 that would decide it. Accuracy parts are judged only when every run involved has
-converged (its training loss plateaued: `common.plateaued`); training accuracy
+converged (its training loss plateaued, allowing for its noise: `measures.settled`); training accuracy
 only when the two are not both at the ceiling (a network that memorizes the
 training split cannot train "better"); the weight-decay part only when the
 larger decay can act (lr * wd * steps >= 1% with the schedule's mean rate,
@@ -44,6 +44,7 @@ import torch
 
 from .. import models, norms
 from . import common
+from .measures import settled
 
 USES_DATA = True
 
@@ -239,7 +240,7 @@ def run(ctx, p: Params) -> dict:
             tr, te = common.evaluate(model, train_eval), common.evaluate(model, test)
             per_seed[name].append({"seed": s, "diverged_at": r["diverged_at"], "train_loss": tr["loss"],
                                    "train_top1": tr["top1"], "test_loss": te["loss"], "test_top1": te["top1"],
-                                   "converged": r["diverged_at"] is None and common.plateaued(r["losses"])})
+                                   "converged": r["diverged_at"] is None and settled(r["losses"])})
             curves[name].append(r["losses"])
             bar.update(1)
     bar.close()
@@ -267,6 +268,6 @@ def run(ctx, p: Params) -> dict:
             "min_effect_points": {"test": effect_test, "train": effect_train},
             "weight_decay_acts": {"acts": wd_acts, "shrink": shrink, "rule": "mean lr x wd x steps >= 1%"},
             "convergence_rule": "training loss plateaued: the mean of its last 10% of steps is < 5%, or < 2 standard "
-                                "errors of the steps' noise, below the mean of the 10% before (common.plateaued)",
+                                "errors of the steps' noise, below the mean of the 10% before (measures.settled)",
             "summary": res, "per_seed": per_seed, "train_curves": curves}
     return ctx.finish(meas, v, summary)
