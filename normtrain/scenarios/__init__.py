@@ -14,11 +14,12 @@ training launcher, one run folder each under <out>/runs/, reused once finished
 is checked up front (`paper.check_dataset`). results.json records the scale, and each
 verdict part the paper's value beside ours (``paper_value``).
 
-Each writes <out>/results.json (scenario, params, measurements, verdict with
-claim / criterion / measured / reproduced), PNG plots and TensorBoard scalars
-(<out>/tb), and prints a short table and the verdict. Default out:
-runs/scenario-NAME. A verdict that does not reproduce the paper is a result,
-not an error: the exit code is 0 either way (2 for bad input, nothing written).
+Each writes <out>/results.json (scenario, params, measurements, verdict: a
+state and its parts, each the paper's sentence or a control we add, see
+`common`), PNG plots and TensorBoard scalars (<out>/tb), and prints a short
+table and the verdict. Default out: runs/scenario-NAME. A verdict that does not
+reproduce the paper is a result, not an error: the exit code is 0 either way
+(2 for bad input, nothing written).
 
 Adding a scenario: one module here with a docstring, ``Params`` (a dataclass
 deriving from `common.Params`), ``USES_DATA`` and ``run(ctx, params)``, and one
