@@ -56,16 +56,33 @@ def test_every_scenario_states_its_paper_experiment_as_data(name):
         runs = m.paper_runs(p)
         assert runs and len({r.name for r in runs}) == len(runs)
         assert {r.recipe for r in runs} <= set(pp.recipes)
+        from normtrain.preflight import validate
         for r in runs:
-            paper.load_run(r, None)
+            validate(paper.load_run(r, paper.SYNTHETIC))  # methods, networks and options the recipe can build
         assert len({(r.arm, r.seed) for r in runs}) == len(runs)
 
 
-def test_both_kinds_are_there():
-    kinds = {n: paper.kind(module_of(n)) for n in NAMES}
-    assert {"ws-micro-batch", "ghost-ranking", "wn-small-net", "trelu-wn-instability", "dyt-tanh-shape"} <= \
-        {n for n, k in kinds.items() if k == paper.TRAINING}
-    assert {"ws-hessian", "residual-scalings", "ghost-example"} <= {n for n, k in kinds.items() if k == paper.ANALYSIS}
+TRAINING = {"ws-micro-batch", "ghost-ranking", "wn-small-net", "trelu-wn-instability", "dyt-tanh-shape",
+            "wn-generalization", "ws-curves", "output-norms"}
+
+
+def test_the_readme_names_each_scenarios_kind_and_dataset():
+    """README's --scale paper section lists the training scenarios and, per dataset, the scenarios that need it."""
+    text = (ROOT / "README.md").read_text()
+    assert {n for n in NAMES if training(n)} == TRAINING
+    section = text[text.index("### At the paper's size"):text.index("### Sweeps")]
+    kinds = section[section.index("- **Training scenarios**"):section.index("- **Analysis scenarios**")]
+    assert set(__import__("re").findall(r"`([a-z0-9-]+)`", kinds)) >= TRAINING
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[0] not in ("dataset",):
+            rows[cells[0]] = {x.strip() for x in cells[1].split(",")}
+    want = {}
+    for n in NAMES:
+        ds = module_of(n).PAPER.dataset
+        want.setdefault(paper.DATASETS[ds].title if ds else "none (generated inputs)", set()).add(n)
+    assert rows == want
 
 
 # -- the plan's arithmetic ---------------------------------------------------------------------------------
@@ -119,9 +136,11 @@ def test_paper_plans_in_numbers():
     assert "does not divide" in gr64["bn-seed0"].error  # 8 images per GPU cannot hold BN's 64-sample chunks
     wn = _by_arm("wn-small-net", 1)
     assert wn["bn-seed0"].steps_per_epoch == 390 and wn["bn-seed0"].steps == 256 * 390
-    dyt1, dyt64 = _by_arm("dyt-tanh-shape", 1), _by_arm("dyt-tanh-shape", 64)
-    assert (dyt1["ln-seed0"].batch.micro, dyt1["ln-seed0"].batch.accum) == (128, 8)
-    assert dyt64["ln-seed0"].error  # 1024 images cannot be 128 per process on 64 processes
+    dyt1, dyt64, dyt48 = _by_arm("dyt-tanh-shape", 1), _by_arm("dyt-tanh-shape", 64), _by_arm("dyt-tanh-shape", 48)
+    assert (dyt1["ln-seed0"].batch.micro, dyt1["ln-seed0"].batch.accum) == (64, 64)
+    assert (dyt64["ln-seed0"].batch.micro, dyt64["ln-seed0"].batch.accum) == (64, 1)
+    assert dyt64["ln-seed0"].steps_per_epoch == 1_281_167 // 4096 == 312
+    assert "multiple of 3072" in dyt48["ln-seed0"].error  # 4096 images do not split into 64 on 48 processes
 
 
 def test_world_size_and_launch_flags(monkeypatch):
