@@ -4,7 +4,7 @@
     normtrain list [all|recipes|norms|models|scenarios|data|keys]
     normtrain runs [DIR] [--csv]
     normtrain eval RUN_OR_CHECKPOINT [--split val|test] [--ema] [--data D]
-    normtrain scenario NAME [--data D] [--set key=value ...] [--out O]
+    normtrain scenario NAME [--data D] [--set key=value ...] [--out O] [--scale cpu|paper] [--dry-run]
     normtrain sweep --recipe R --norm a,b --set key=v1,v2 --seeds K
     normtrain doctor [--data PATH]      will it work here, and how fast (doctor.json)
 
@@ -36,6 +36,7 @@ examples:
   normtrain --recipe cifar10-nv --set optim.lr=0.02 --set train.epochs=2 --out runs/x
   normtrain list norms
   normtrain scenario linear50-wn
+  normtrain scenario ws-micro-batch --scale paper --dry-run       # the paper's runs, steps, batches per GPU
   normtrain runs runs/ --csv > runs.csv
   normtrain eval runs/cifar10-nv-bn --split test
 
@@ -68,6 +69,7 @@ def train_parser() -> argparse.ArgumentParser:
                 "other commands:\n"
                 "  normtrain list [all|recipes|norms|models|scenarios|data|keys]   (default all: every table but keys)\n"
                 "  normtrain scenario NAME [--data D] [--set k=v ...] [--out O]   (normtrain scenario NAME --help)\n"
+                "  normtrain scenario NAME --scale paper [--dry-run]              the paper's own experiment, or its plan\n"
                 "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)\n"
                 "  normtrain runs [DIR] [--csv]                                    the runs under DIR (default runs/)\n"
                 "  normtrain eval RUN_OR_CHECKPOINT [--split val|test] [--ema]     evaluate a saved run again (eval.json)\n"

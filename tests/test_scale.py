@@ -224,13 +224,19 @@ def test_dataset_checks(tmp_path):
         paper.check_dataset("x", mnist, str(tmp_path / "c10"))
 
 
-@pytest.mark.parametrize("args, msg", [
-    ([], "needs ImageNet-1k"),
-    (["--data", "/definitely/missing"], "does not exist"),
+@pytest.mark.parametrize("name, args, msg", [
+    ("ws-micro-batch", [], "needs ImageNet-1k"),
+    ("ws-micro-batch", ["--data", "/definitely/missing"], "does not exist"),
+    ("linear50-wn", [], "needs ImageNet-1k"),
+    ("ghost-ranking", ["--data", "synthetic", "--nproc-per-node", "64"], "does not divide the per-process"),
+    ("ws-micro-batch", ["--data", "synthetic", "--nnodes", "2"], "needs --rdzv-endpoint"),
+    ("ws-hessian", ["--nproc-per-node", "8"], "runs in one process"),
 ])
-def test_paper_scale_refuses_a_missing_dataset_before_writing(tmp_path, capsys, args, msg):
+def test_paper_scale_refuses_bad_input_before_writing(tmp_path, capsys, name, args, msg):
+    """A missing dataset, a batch that does not split on the processes given, launcher options an analysis
+    scenario cannot use: one line, exit 2, nothing written."""
     out = tmp_path / "sc"
-    rc = main(["scenario", "ws-micro-batch", "--scale", "paper", "--out", str(out), *args])
+    rc = main(["scenario", name, "--scale", "paper", "--out", str(out), *args])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -308,3 +314,109 @@ def test_training_plan_end_to_end_through_the_launcher(tmp_path):
     assert p2.returncode == 0 and "reusing finished run" in p2.stdout, p2.stderr[-2000:]
     assert (run_dir / "results.json").stat().st_mtime == mtime
     assert json.loads((out / "results.json").read_text())["verdict"]["state"] == res["verdict"]["state"]
+
+
+# -- each training scenario's paper_judge on constructed run folders ------------------------------------------
+
+R = "reproduced"
+
+
+def _judge(name, tmp_path, top1=None, level=None, extra=None, sets=()):
+    """paper_judge of scenario `name` on one finished run per entry of its plan (3 seeds): flat logged training
+    loss at level(arm), final test top-1 top1(arm, seed), metrics rows extra(arm) written to metrics.jsonl."""
+    from normtrain.scenarios import common, paper_runs
+    m = module_of(name)
+    seeds = [("seeds", 3)] if "seeds" in vars(m.Params()) else []
+    p = config.apply_overrides(m.Params(), [*m.PAPER.params.items(), *seeds, ("progress", False), *sets])
+    done = []
+    for r in m.paper_runs(p):
+        out = tmp_path / "runs" / r.name
+        out.mkdir(parents=True)
+        lv = level(r.arm) if level else 1.0
+        rows = [{"step": s, "train/loss": lv * (1 + 0.001 * ((s // 10) % 3 - 1)), "train/top1": 90.0}
+                for s in range(10, 2010, 10)]
+        rows = [{**row, **(extra(r.arm, row["step"]) if extra else {})} for row in rows]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (out / "recipe.yaml").write_text(config.dump(paper.load_run(r, None)))
+        t = top1(r.arm, r.seed) if top1 else 50.0
+        res = {"status": "completed", "steps": 2000, "total_steps": 2000, "eval_split": "test", "world_size": 8,
+               "final": {"test/top1": t, "eval/top1": t, "train/loss": lv, "train/top1": rows[-1]["train/top1"]}}
+        done.append(paper_runs.Finished(r, out, res, rows))
+    ctx = common.Context(name, p, tmp_path, "/data/x", scale="paper", paper=m.PAPER)
+    res = m.paper_judge(ctx, p, done)
+    assert res["scale"] == "paper" and len(res["measurements"]["runs"]) == len(done)
+    assert res["plots"] and all((tmp_path / q).is_file() for q in res["plots"])
+    return {q["name"]: q for q in res["verdict"]["parts"]}
+
+
+def _noise(seed):
+    return 0.05 * (seed % 3 - 1)
+
+
+def test_ws_micro_batch_judge(tmp_path):
+    top = {"bn@B": 75.5, "bn@1": 40.0, "gn+ws@1": 76.3}
+    parts = _judge("ws-micro-batch", tmp_path, lambda a, s: top[a] + _noise(s))
+    assert {k: q["state"] for k, q in parts.items()} == {"gn+ws@1 vs bn@B": R, "bn@1 vs bn@B": R,
+                                                         "gn+ws@1 vs bn@1": R}  # the iteration-size part: CPU only
+    assert parts["gn+ws@1 vs bn@B"]["paper_value"]["value"] == {"gn+ws@1": 23.72, "bn@64": 24.30}
+
+
+def test_ghost_ranking_judge(tmp_path):
+    top = {"bn": 80.0, "seqnorm G_C=4,G_M=8": 83.0}
+    parts = _judge("ghost-ranking", tmp_path, lambda a, s: top.get(a, 81.5) + _noise(s))
+    assert all(q["state"] == R for q in parts.values()) and set(parts) == set(module_of("ghost-ranking").PAPER.values)
+
+
+def test_wn_small_net_judge(tmp_path):
+    top = {"bn": 80.0, "wn": 79.0, "normprop": 82.0, "trelu-wn": 82.0, "none": 80.0}
+    lv = {"bn": 0.15, "none": 0.15}
+    parts = _judge("wn-small-net", tmp_path, lambda a, s: top[a] + _noise(s), lambda a: lv.get(a, 0.05))
+    assert all(q["state"] == R for q in parts.values()), {k: (q["state"], q["measured"]) for k, q in parts.items()}
+
+
+def test_wn_generalization_judge(tmp_path):
+    top = {"bn": 73.0, "wn": 67.0, "wn+dropout": 67.5, "wn+wd": 67.2}
+    parts = _judge("wn-generalization", tmp_path, lambda a, s: top[a] + _noise(s),
+                   extra=lambda a, step: {"train/top1": (80.0 if a == "bn" else 85.0) + _noise(step // 10)})
+    assert all(q["state"] == R for q in parts.values()), {k: (q["state"], q["measured"]) for k, q in parts.items()}
+    assert parts["wn: tests-worse"]["paper_value"]["where"]
+
+
+def test_ws_curves_judge(tmp_path):
+    lv = {"gn": 1.30, "gn+eq6": 1.25, "gn+eq5": 1.10, "gn+ws": 1.05}
+    parts = _judge("ws-curves", tmp_path, level=lambda a: lv[a])
+    assert all(q["state"] == R for q in parts.values()), {k: (q["state"], q["measured"]) for k, q in parts.items()}
+    assert parts["eq5-major"]["paper_value"]["value"]["gn+eq5"] == 23.96
+
+
+def test_output_norms_judge(tmp_path):
+    def norms(a, step):
+        grow = 1 + (1.0 if a == "wn" else 0.05) * step / 2000
+        return {"norms/first_layer_output": 10.0, "norms/last_hidden_output": 5.0 * grow,
+                "norms/last_layer_output": 3.0}
+    parts = _judge("output-norms", tmp_path, extra=norms)
+    assert parts["wn-drift"]["state"] == R and parts["bn-control"]["state"] == R
+
+
+def test_dyt_tanh_shape_judge_probes_the_runs_networks(tmp_path):
+    """Two real (2-step) runs of the plan trained in this process by the engine, then judged: the networks of
+    their initial weights and last checkpoints are rebuilt from the run folders and probed."""
+    from normtrain import recipe_runs
+    from normtrain.scenarios import common, paper_runs
+    m = module_of("dyt-tanh-shape")
+    p = config.apply_overrides(m.Params(), [*m.PAPER.params.items(), ("model", "vit-tiny-digits"),
+                                            ("probe_images", 8), ("progress", False)])
+    extra = [("data.synthetic_shape", [1, 8, 8]), ("data.synthetic_samples", 64), ("data.num_classes", 10),
+             ("data.batch_size", 32), ("train.micro_batch", 16), ("train.max_steps", 2), ("data.workers", 0),
+             ("log.tensorboard", False), ("data.randaugment", 0), ("data.random_erasing", 0.0), ("data.image_size", 8)]
+    specs = paper_runs.specs("dyt-tanh-shape", m, p, tmp_path, "synthetic", extra)
+    assert [s.out for s in specs] == [tmp_path / "runs" / "ln-seed0", tmp_path / "runs" / "ln-seed1"]
+    assert recipe_runs.run_inprocess(specs, "test") == []
+    done = [paper_runs.Finished(s.run, s.out, recipe_runs.load_result(s.out), recipe_runs.read_metrics(s.out))
+            for s in specs]
+    res = m.paper_judge(common.Context("dyt-tanh-shape", p, tmp_path, "synthetic", scale="paper", paper=m.PAPER),
+                        p, done)
+    assert res["scale"] == "paper" and len(res["measurements"]["r2_trained"]["tanh"]) == 2
+    assert len(res["measurements"]["ln_layers"]) == len(res["measurements"]["r2_trained"]["tanh"][0]) > 3
+    parts = {q["name"]: q for q in res["verdict"]["parts"]}
+    assert parts["deep-tanh"]["paper_value"]["where"].startswith("Fig. 2")

@@ -447,9 +447,9 @@ def describe(name: str, module, paper: Paper, params, cpu_params, *, scale: str,
                          f"{world} GPUs at linear scaling; evaluation and start-up not counted); rates: "
                          + "; ".join(dict.fromkeys(p.rate[1] for p in ok)))
         else:
-            known = [p for p in ok if p.rate is None]
-            lines.append(f"GPU-hours: {UNKNOWN_RATE}" + (f" (read: {', '.join(timing_sources)})" if timing_sources
-                                                         else "") + (f"; missing for {', '.join(sorted({p.recipe.model.name + ' ' + p.recipe.norm.name for p in known}))}" if known and timing_sources else ""))
+            missing = sorted({f"{p.recipe.model.name} {p.recipe.norm.name}" for p in ok if p.rate is None})
+            read = f" (read {', '.join(timing_sources)}: nothing for {', '.join(missing)})" if timing_sources else ""
+            lines.append(f"GPU-hours: {UNKNOWN_RATE}{read}")
     elif scale == "paper":
         lines.append("GPU-hours: not estimated: one process on one GPU (no per-step figure is measured for it)")
     if scale == "paper" and paper.values:
