@@ -169,7 +169,7 @@ def _bench(path, device, rows):
 def test_gpu_hours_come_from_gpu_measurements_only(tmp_path):
     m = module_of("trelu-wn-instability")
     runs = m.paper_runs(paper_params("trelu-wn-instability"))
-    row = {"model": "resnet50", "micro": 64, "size": 224, "loop": "bare", "images_per_s": 2000.0}
+    row = {"model": "resnet50", "micro": 64, "size": 224, "loop": "bare", "images_per_s": 2000.0}  # 64/GPU on 4
     gpu = paper.timing_rows([_bench(tmp_path / "g.json", "cuda", [{**row, "method": "bn"},
                                                                   {**row, "method": "trelu-wn", "images_per_s": 1600.0}])])
     plans = paper.plan(runs, 4, "imagenet", timing=gpu)
@@ -177,8 +177,13 @@ def test_gpu_hours_come_from_gpu_measurements_only(tmp_path):
     assert hours["bn"] == pytest.approx(600_480 * 256 / 2000 / 3600)
     assert hours["trelu-wn"] == pytest.approx(600_480 * 256 / 1600 / 3600)
     only_bn = paper.timing_rows([_bench(tmp_path / "b.json", "cuda", [{**row, "method": "bn"}])])
-    rp = paper.plan(runs, 4, "imagenet", timing=only_bn)[0]
-    assert rp.gpu_hours == pytest.approx(600_480 * 256 / 2000 / 3600) and "bn's rate" in rp.rate[1]
+    plans = paper.plan(runs, 4, "imagenet", timing=only_bn)
+    assert plans[0].rate is None and paper.total_gpu_hours(plans) is None  # no stand-in for trelu-wn's rate
+    assert paper.bench_command(plans) == ("python tools/bench.py --device cuda --models resnet50 --methods trelu-wn "
+                                          "--batches 64 --size 224 --json bench.json")
+    ws = module_of("ws-micro-batch").paper_runs(paper_params("ws-micro-batch"))
+    one = paper.plan(ws, 4, "imagenet", timing=only_bn)
+    assert {rp.run.arm: rp.rate is not None for rp in one} == {"bn@B": True, "bn@1": False, "gn+ws@1": False}
     cpu = paper.timing_rows([_bench(tmp_path / "c.json", "cpu", [{**row, "method": "bn"}])])
     assert cpu == [] and paper.total_gpu_hours(paper.plan(runs, 4, "imagenet", timing=cpu)) is None
     doctor = tmp_path / "doctor.json"

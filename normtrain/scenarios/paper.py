@@ -25,9 +25,10 @@ process on a given number of processes (`normtrain.batching`, as the launcher
 checks it), steps per epoch and in total (as the engine counts them: ``(training
 samples // (micro-batch x processes)) // accumulation steps`` per epoch, times the
 epochs, rounded up), the images trained on, and GPU-hours where a step time
-measured on a GPU is known (`timings`: ``normtrain doctor``'s doctor.json or a
-``tools/bench.py --json`` file; rows of the run's network and method at its image
-size, else the network's ``bn`` row, labelled so; nothing measured, "unknown").
+measured on a GPU is known (`timing_rows`: ``normtrain doctor``'s doctor.json or a
+``tools/bench.py --json`` file; a row of the run's network and method at its image
+size and about its micro-batch; nothing that fits, "unknown", with the bench
+command that measures it).
 `check_dataset` refuses a missing dataset or one in the wrong layout before
 anything starts, naming what is needed. Everything here runs without torch, so
 ``--scale paper --dry-run`` prints the plan on any machine.
@@ -284,17 +285,37 @@ def default_timing_files() -> list[Path]:
 
 
 def rate_for(rows: list[dict], model: str, method: str, size: int, micro: int) -> tuple[float, str] | None:
-    """(images/s per GPU, where from) for a run: the row of its network and method at its image size with the
-    per-GPU batch nearest to `micro`; else the network's bn row, said so; None if nothing fits."""
-    for m, label in ((method, ""), ("bn", f" (bn's rate: no {method} row measured)")):
-        cands = [r for r in rows if r.get("model") == model and r.get("method") == m and r.get("loop", "bare") == "bare"
-                 and (not size or int(r.get("size", size)) == size)]
-        if cands:
-            best = min(cands, key=lambda r: (abs(math.log(max(int(r.get("micro", micro)), 1) / max(micro, 1))),
-                                             -r["images_per_s"]))
-            return float(best["images_per_s"]), (f"{best['images_per_s']:.0f} img/s/GPU at {best.get('micro')} per "
-                                                 f"GPU, {best['source']}{label}")
-    return None
+    """(images/s per GPU, where from) for a run: a row of its network and method at its image size whose
+    per-GPU micro-batch is within a factor 2 of the run's (the nearest); None if nothing was measured that fits
+    (another method's rate, or a 64-image step's for a 1-image micro-batch, would be a guess)."""
+    cands = [r for r in rows if r.get("model") == model and r.get("method") == method
+             and r.get("loop", "bare") == "bare" and (not size or int(r.get("size", size)) == size)
+             and 0.5 <= int(r.get("micro", micro)) / max(micro, 1) <= 2.0]
+    if not cands:
+        return None
+    best = min(cands, key=lambda r: (abs(math.log(max(int(r.get("micro", micro)), 1) / max(micro, 1))),
+                                     -r["images_per_s"]))
+    return float(best["images_per_s"]), f"{model} {method}: {best['images_per_s']:.0f} img/s/GPU at " \
+                                        f"{best.get('micro')} per GPU ({best['source']})"
+
+
+def bench_command(plans: list) -> str:
+    """The tools/bench.py command that measures the step times a plan lacks (per network and image size)."""
+    need: dict = {}
+    for p in plans:
+        if p.error or p.rate is not None:
+            continue
+        rec = p.recipe
+        size = rec.data.image_size or (rec.data.synthetic_shape[-1] if rec.data.synthetic_shape else 0)
+        key = (rec.model.name, size)
+        methods, batches = need.setdefault(key, ([], []))
+        for lst, v in ((methods, rec.norm.name),
+                       (batches, f"{p.batch.micro}x{p.batch.accum}" if p.batch.accum > 1 else str(p.batch.micro))):
+            if v not in lst:
+                lst.append(v)
+    return "; ".join(f"python tools/bench.py --device cuda --models {m} --methods {','.join(ms)} --batches "
+                     f"{','.join(bs)}" + (f" --size {sz}" if sz else "") + " --json bench.json"
+                     for (m, sz), (ms, bs) in need.items())
 
 
 # -- the plan of a training scenario -----------------------------------------------------------------
@@ -447,9 +468,11 @@ def describe(name: str, module, paper: Paper, params, cpu_params, *, scale: str,
                          f"{world} GPUs at linear scaling; evaluation and start-up not counted); rates: "
                          + "; ".join(dict.fromkeys(p.rate[1] for p in ok)))
         else:
-            missing = sorted({f"{p.recipe.model.name} {p.recipe.norm.name}" for p in ok if p.rate is None})
+            missing = sorted({f"{p.recipe.model.name} {p.recipe.norm.name} at {p.batch.micro}/GPU" for p in ok
+                              if p.rate is None})
             read = f" (read {', '.join(timing_sources)}: nothing for {', '.join(missing)})" if timing_sources else ""
             lines.append(f"GPU-hours: {UNKNOWN_RATE}{read}")
+            lines.append(f"measure:   {bench_command(plans)}")
     elif scale == "paper":
         lines.append("GPU-hours: not estimated: one process on one GPU (no per-step figure is measured for it)")
     if scale == "paper" and paper.values:
