@@ -425,3 +425,15 @@ def test_dyt_tanh_shape_judge_probes_the_runs_networks(tmp_path):
     assert len(res["measurements"]["ln_layers"]) == len(res["measurements"]["r2_trained"]["tanh"][0]) > 3
     parts = {q["name"]: q for q in res["verdict"]["parts"]}
     assert parts["deep-tanh"]["paper_value"]["where"].startswith("Fig. 2")
+
+
+def test_an_analysis_scenario_at_paper_scale_runs_in_this_process(tmp_path):
+    """ghost-example's paper size is its own: --scale paper runs it here, records the scale and puts the paper's
+    printed numbers beside ours; the CPU size records its scale too."""
+    res = scenarios.run("ghost-example", ["progress=false"], out=str(tmp_path / "p"), scale="paper")
+    assert res["scale"] == "paper" and res["verdict"]["state"] == R
+    assert all(q["paper_value"]["where"] == "§2.2" for q in res["verdict"]["parts"])
+    assert scenarios.run("ghost-example", ["progress=false"], out=str(tmp_path / "c"))["scale"] == "cpu"
+    with pytest.raises(UsageError, match="--recipe-set applies to the training runs"):
+        scenarios.run("ghost-example", [], out=str(tmp_path / "x"), scale="paper", recipe_sets=["train.epochs=1"])
+    assert not (tmp_path / "x").exists()
