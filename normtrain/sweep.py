@@ -42,7 +42,6 @@ import io
 import itertools
 import json
 import math
-import os
 import re
 import statistics
 import sys

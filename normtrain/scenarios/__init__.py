@@ -254,7 +254,7 @@ def run(name: str, sets: list[str] = (), data: str | None = None, out: str | Non
 
 
 def dry_run(name: str, sets: list[str], data: str | None, scale: str, recipe_sets: list[str],
-            launch: "recipe_runs.LaunchOptions", timing: list[str], out: str | None = None) -> str:
+            launch: "recipe_runs.LaunchOptions", timing: list[str]) -> str:
     """The plan of a scenario run (printed by --dry-run): nothing is run or written, torch is not imported."""
     module, params = resolve(name, list(sets), data, scale, light_only=True)
     cpu_params = module.Params()
@@ -265,12 +265,8 @@ def dry_run(name: str, sets: list[str], data: str | None, scale: str, recipe_set
         files = [Path(t) for t in timing] or paper.default_timing_files()
         sources = [str(f) for f in files]
         rows = paper.timing_rows(files)
-        base = str(Path(out or f"runs/scenario-{name}") / "runs")
-        extra = [config.parse_set(s) for s in recipe_sets]
-        runs = module.paper_runs(params)
-        plans = paper.plan(runs, world, pp.dataset, data, [*extra], rows)
-        for p_ in plans:  # where each run would go (the plan does not depend on it)
-            p_.recipe.run.out = str(Path(base) / p_.run.name)
+        plans = paper.plan(module.paper_runs(params), world, pp.dataset, data,
+                           [config.parse_set(s) for s in recipe_sets], rows)
     cmd = paper.paper_command(name, pp, module) if scale == "paper" else f"normtrain scenario {name}"
     return paper.describe(name, module, pp, params, cpu_params, scale=scale, data=data, world=world,
                           world_note=note, plans=plans, timing_sources=sources, command=cmd)
@@ -287,7 +283,7 @@ def main(argv: list[str]) -> int:
     args = parser(name).parse_args(rest)
     launch = recipe_runs.launch_options(args)
     if args.dry_run:
-        print(dry_run(name, args.sets, args.data, args.scale, args.recipe_sets, launch, args.timing, args.out))
+        print(dry_run(name, args.sets, args.data, args.scale, args.recipe_sets, launch, args.timing))
         return 0
     try:
         run(name, args.sets, args.data, args.out, args.scale, args.recipe_sets, launch)

@@ -97,7 +97,7 @@ def seed_mean(items: list[Finished], key: str = "train/loss") -> tuple[list[int]
     return steps, [sum(c[s] for c in curves) / len(curves) for s in steps]
 
 
-def test_images(ctx, recipe_source: str | None = None) -> int:
+def test_images(ctx) -> int:
     """The test set's size for the minimum effect (5 test images): the paper's dataset's."""
     ds = ctx.paper.dataset if ctx.paper is not None else None
     return paper.DATASETS[ds].test if ds else 0
