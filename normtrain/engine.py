@@ -70,6 +70,7 @@ class Run:
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0})
     step_times: list = field(default_factory=list)  # seconds per optimizer step (this process's lifetime)
     pending_init: bool = True          # a layer may still want its data-dependent init (checked once)
+    saved_last: bool = False           # this invocation wrote (or resumed from) checkpoints/last.pt
     changes: list = field(default_factory=list)  # recipe changes accepted at resume (run.resume_changed)
 
 
@@ -150,13 +151,18 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
                                drop_path=recipe.model.drop_path, dropout=recipe.model.dropout,
                                **recipe.model.options)
             net.train()
-            traced = max(micro, 2)
-            # The forward, counting every layer's output as it goes (activations scale with the batch).
-            acts = memory.activation_bytes(net, torch.empty((traced,) + tuple(in_shape)),
-                                           2 if amp in ("bf16", "fp16") else None) * micro // traced
+            # The forward on the real micro-batch (a batch-statistics method cannot train on 1 sample),
+            # counting every layer's output as it goes.
+            acts = memory.activation_bytes(net, torch.empty((micro,) + tuple(in_shape)),
+                                           2 if amp in ("bf16", "fp16") else None)
     except UsageError:
         raise
     except (RuntimeError, ValueError) as e:
+        if "more than 1 value per channel" in str(e):
+            raise UsageError(f"norm {recipe.norm.name} normalizes over the batch and cannot train on a per-process "
+                             f"micro-batch of {micro} sample (data.batch_size / processes / train.accum_steps): "
+                             "use a larger batch, fewer accumulation steps, or a batch-independent method "
+                             "(gn, ws-gn, ln, frn, ...)") from None
         if "meta" in str(e).lower():  # an op without a meta kernel: nothing learned, the real run decides
             return
         raise UsageError(f"model {recipe.model.name} with norm {recipe.norm.name} cannot run on "
@@ -226,6 +232,7 @@ def save_checkpoint(run: Run, name: str = "last") -> None:
     if run.d.active and not run.recipe.train.broadcast_buffers:
         dist.average_buffers(run.raw, run.d)  # one set of running statistics for the file (and evaluation)
     states = dist.gather_objects({"loader": run.train_loader.state_dict(), "rng": checkpoint.rng_state()}, run.d)
+    run.saved_last = run.saved_last or name == "last"  # on every rank: record_eval branches on it
     if not run.d.main:
         return
     loaders = [s["loader"] for s in states]
@@ -593,7 +600,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                     run.history.pop()
                 run.history.append({"step": run.step, **values})
                 window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, time=0.0)
-            if eval_now:
+            if eval_now and last_eval_step(run) != run.step:
                 record_eval(run, log)
             if signalled:
                 if not settle() or not checked_save(run, log):
@@ -609,19 +616,21 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.batch = 0
             if not finite_weights(run):
                 return mark_diverged(run, log)
-            if run.epoch % r.train.eval_every_epochs == 0 or run.step >= end_step:
-                record_eval(run, log)
+            if (run.epoch % r.train.eval_every_epochs == 0 or run.step >= end_step) and last_eval_step(run) != run.step:
+                record_eval(run, log)  # not twice at one step (eval_every_steps landing on the epoch end)
             save_checkpoint(run)
             if signalled:
                 log.print(f"interrupted at step {run.step}: saved {ckpt_dir(run) / 'last.pt'}")
                 return "interrupted"
     if not settle():
         return "diverged"
-    if run.batch != 0 or not run.history or "eval/top1" not in run.history[-1]:
-        # Stopped mid-epoch (max_steps or a fractional epoch count): evaluate and save the position.
+    if run.batch != 0 or last_eval_step(run) != run.step:
+        # Stopped mid-epoch (max_steps or a fractional epoch count): evaluate (once per step, also when
+        # this is a rerun of a finished run whose results.json is gone) and save the position.
         if not finite_weights(run):
             return mark_diverged(run, log)
-        record_eval(run, log)
+        if last_eval_step(run) != run.step:
+            record_eval(run, log)
         save_checkpoint(run)
     return "completed"  # a signal that arrives during the last step finds the run complete
 
@@ -641,6 +650,11 @@ def checked_save(run: Run, log: RunLogger, name: str = "last") -> bool:
     return True
 
 
+def last_eval_step(run: Run) -> int:
+    """The step of the latest evaluation in the run's history (restored on resume), -1 if none."""
+    return max((h["step"] for h in run.history if "eval/top1" in h), default=-1)
+
+
 def record_eval(run: Run, log: RunLogger) -> dict:
     metrics = evaluate(run)
     log.scalars(run.step, metrics)
@@ -648,6 +662,10 @@ def record_eval(run: Run, log: RunLogger) -> dict:
     # The metrics are all-reduced, so every rank takes the same branch (finite_weights is a collective).
     if metrics["eval/top1"] > run.best_top1 and finite_weights(run):
         run.best_top1 = metrics["eval/top1"]
+        if not run.saved_last:
+            # last.pt first: a folder never holds a best.pt without a last.pt to resume from
+            # (e.g. a disk too small for the first last.pt: the same command then restarts cleanly).
+            save_checkpoint(run)
         save_checkpoint(run, "best")
     log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval loss {metrics['eval/loss']:.4f} "
                   f"top1 {metrics['eval/top1']:.2f}% top5 {metrics['eval/top5']:.2f}%")
@@ -796,7 +814,12 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
                            "the previous checkpoints are intact: free space or fix the folder and rerun to resume"
                            ) from None
         res = results(run, status, time.perf_counter() - t_start, start_step)
-        log.results(res)
+        try:
+            log.results(res)
+        except OSError as e:
+            raise EnvError(f"cannot write {run.out / 'results.json'}: {e.strerror or e}; the run ended ({status} at "
+                           f"step {run.step}) and its checkpoints are kept: fix the folder and rerun the same "
+                           "command to record it") from None
     except EnvError as e:
         res = results(run, "failed", time.perf_counter() - t_start, start_step)
         res["error"] = str(e)

@@ -25,3 +25,17 @@ def validate(recipe: config.Recipe) -> None:
     check_names(recipe)  # first: an unknown name is reported without importing torch
     norms.get(recipe.norm.name, **recipe.norm.options())
     models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})
+
+
+def nnodes(value: str) -> tuple[int, int]:
+    """`--nnodes N` or `MIN:MAX` as (min, max); UsageError (one line) for anything else."""
+    parts = str(value).split(":")
+    try:
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError
+        lo, hi = (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise UsageError(f"--nnodes: expected a positive integer N or MIN:MAX (e.g. 2 or 1:4), got '{value}'") from None
+    if lo < 1 or hi < lo:
+        raise UsageError(f"--nnodes: expected 1 <= MIN <= MAX, got '{value}'")
+    return lo, hi

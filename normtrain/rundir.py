@@ -30,15 +30,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoint, config
-from .errors import EnvError, UsageError
+from .errors import EXIT_WORKER, EnvError, UsageError
+from .signals import LAUNCHER_PID_ENV
 
 LOCK_NAME = ".normtrain.lock"
 #: Set by the launcher for its workers when it holds the lock itself.
@@ -82,7 +85,11 @@ class RunDir:
     def acquire(self) -> None:
         """Create the folder if needed, take the writer lock, probe that it is writable, clean temp files."""
         if os.environ.get(LOCK_ENV) == str(self.out.resolve()):
-            self._probe()   # our launcher holds the lock for us
+            # Our launcher holds the lock for us: every write first checks that it still does.
+            launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+            if launcher.isdigit():
+                checkpoint.guard_writes(functools.partial(_launcher_holds_lock, int(launcher), self.out))
+            self._probe()
         else:
             self._mkdir()
             path = self.out / LOCK_NAME
@@ -122,6 +129,7 @@ class RunDir:
                 raise _env(self.out, e) from None
 
     def _probe(self) -> None:
+        checkpoint.check_writer()
         probe = self.out / ".normtrain.probe"
         try:
             with open(probe, "wb") as f:
@@ -205,6 +213,7 @@ class RunDir:
     # -- outputs of an earlier attempt ------------------------------------------------------
     def reset_outputs(self, step: int) -> None:
         """Make metrics.jsonl and tb/ agree with a start at `step` (0: a fresh start in a used folder)."""
+        checkpoint.check_writer()
         metrics = self.out / "metrics.jsonl"
         if step == 0:
             metrics.unlink(missing_ok=True)
@@ -271,6 +280,18 @@ def check_recipe(state: dict, recipe: config.Recipe, world: int, path: Path) -> 
                          f"original values, choose another --out, or continue with the new values using "
                          f"--resume-changed {keys} (or --resume-changed allow)")
     return diff
+
+
+def _launcher_holds_lock(launcher: int, out: Path) -> None:
+    """Exit at once, writing nothing, if the launcher that holds `out`'s lock for this worker is gone.
+
+    A worker is normally killed with its launcher (signals.die_with_parent); this is the check
+    where that is not available, or not yet armed: once the launcher is gone its lock is free,
+    and another run may already own the folder."""
+    if os.getppid() != launcher:
+        print(f"normtrain: error: the launcher (pid {launcher}) that held the lock of {out} is gone; "
+              "stopping without writing", file=sys.stderr, flush=True)
+        os._exit(EXIT_WORKER)
 
 
 def _env(path: Path, e: OSError) -> EnvError:
