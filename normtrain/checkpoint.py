@@ -279,4 +279,23 @@ def load(path: Path, map_location="cpu", verify: bool = True) -> dict:
         if digest(state) != stored:
             raise CheckpointError(f"checkpoint {path} fails its checksum: its contents were changed or damaged "
                                   "after it was written")
+        _check_structure(state, path)
     return state
+
+
+#: The entries a training checkpoint holds, with their types (what `engine.save_checkpoint` writes).
+_STRUCTURE = {"model": dict, "optimizer": dict, "scaler": dict, "step": int, "epoch": int, "batch": int,
+              "best_top1": (int, float), "history": list, "recipe": dict, "world": int}
+
+
+def _check_structure(state: dict, path: Path) -> None:
+    """CheckpointError naming the first entry that is missing or of the wrong type."""
+    state.setdefault("world", 1)  # older checkpoints: one process
+    for key, typ in _STRUCTURE.items():
+        if key not in state:
+            raise CheckpointError(f"{path} is not a normtrain training checkpoint (no '{key}' entry)")
+        if isinstance(state[key], bool) or not isinstance(state[key], typ):
+            raise CheckpointError(f"{path} is not a normtrain training checkpoint ('{key}' is a "
+                                  f"{type(state[key]).__name__})")
+    if min(state["step"], state["epoch"], state["batch"]) < 0 or state["world"] < 1:
+        raise CheckpointError(f"{path} is not a normtrain training checkpoint (negative position or world size)")

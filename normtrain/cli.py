@@ -94,7 +94,7 @@ def recipe_from_args(args, extra: list[tuple[str, object]] = ()) -> config.Recip
         if value is not None:
             overrides.append((key, value))
     overrides += list(extra)
-    return config.load(args.recipe or DEFAULT_RECIPE, overrides)
+    return config.load(DEFAULT_RECIPE if args.recipe is None else args.recipe, overrides)
 
 
 def cmd_train(argv: list[str]) -> int:

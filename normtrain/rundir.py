@@ -19,7 +19,11 @@ What it guarantees (README, "What normtrain guarantees"):
   same recipe reports its result and changes nothing.
 - **No silent restart.** A folder that holds a run (results.json or any
   checkpoint) but no usable ``last.pt`` refuses, saying how to continue from
-  ``best.pt`` or start fresh; a corrupt checkpoint is named (exit 2).
+  ``best.pt`` or start fresh; a corrupt checkpoint is named (exit 2). The one
+  exception: a folder holding only the results.json of an attempt that failed
+  (status ``failed``: a full disk, an unwritable folder) before its first
+  checkpoint starts fresh, as nothing of it can be continued or lost. (The engine
+  writes ``last.pt`` before the first ``best.pt``, so a ``best.pt`` always had one.)
 - Temporary files of interrupted saves are removed at the next start, and on
   resume ``metrics.jsonl`` loses the lines past the checkpoint's step.
 
@@ -171,12 +175,23 @@ class RunDir:
                                  "choose another --out or --resume auto")
             return Decision("fresh"), None
         if mode == "auto":
+            if last.exists() and not last.is_file():
+                raise UsageError(f"{last} is not a checkpoint file (a directory or special file is in its place): "
+                                 "remove it, or choose another --out")
             if not last.is_file():
+                results = self.results()
+                if held == ["results.json"] and results is not None and results.get("status") == "failed":
+                    # An attempt that failed (disk full, unwritable folder...) before its first checkpoint:
+                    # nothing to continue from and nothing lost by starting again.
+                    return Decision("fresh"), None
                 if held:
                     best = ck / "best.pt"
-                    how = (f"continue from its best checkpoint with --resume {best}, " if best.is_file() else "")
+                    if best.is_file():
+                        how = f"continue from its best checkpoint with --resume {best}, or start fresh"
+                    else:
+                        how = "start fresh"
                     raise UsageError(f"{self.out} holds a run ({', '.join(held)}) but no checkpoints/last.pt to "
-                                     f"continue from: {how}or start fresh with another --out (or delete the folder)")
+                                     f"continue from: {how} with another --out (or delete the folder)")
                 return Decision("fresh"), None
             path = last
         else:
@@ -199,16 +214,17 @@ class RunDir:
     def holdings(self) -> list[str]:
         """What of a previous run this folder holds (checkpoint files, results.json)."""
         ck = self.out / "checkpoints"
-        held = sorted(f"checkpoints/{p.name}" for p in ck.glob("*.pt")) if ck.is_dir() else []
+        held = sorted(f"checkpoints/{p.name}" for p in ck.glob("*.pt") if p.is_file()) if ck.is_dir() else []
         if (self.out / "results.json").is_file():
             held.append("results.json")
         return held
 
     def results(self) -> dict | None:
         try:
-            return json.loads((self.out / "results.json").read_text())
+            res = json.loads((self.out / "results.json").read_text())
         except (OSError, ValueError):
             return None
+        return res if isinstance(res, dict) else None
 
     # -- outputs of an earlier attempt ------------------------------------------------------
     def reset_outputs(self, step: int) -> None:
@@ -217,6 +233,7 @@ class RunDir:
         metrics = self.out / "metrics.jsonl"
         if step == 0:
             metrics.unlink(missing_ok=True)
+            (self.out / "results.json").unlink(missing_ok=True)  # of a failed attempt (`decide`)
             shutil.rmtree(self.out / "tb", ignore_errors=True)
             return
         if metrics.is_file():

@@ -42,6 +42,10 @@ METHODS = Registry("norm", {
     "evonorm-s0": "evonorm:build_s0",
 }, __name__)
 
+#: Methods whose normalization splits the channels into norm.groups groups (so norm.groups must divide
+#: every normalized width; checked without torch by `preflight`, tested against each method's layers).
+GROUPED = ("gn", "ws-gn", "seqnorm", "gn-wn", "evonorm-s0")
+
 # The bundle and the method modules import torch: loaded when first asked for.
 __getattr__ = lazy_getattr(__name__, {"Normalizer": "bundle", "data_init": "bundle", "micro_batches": "step_weights"})
 
@@ -50,8 +54,8 @@ def names() -> list[str]:
     return METHODS.names()
 
 
-def get(name: str, **options) -> Normalizer:
-    """Build method `name`'s bundle; `options` are fields of `NormOptions`."""
+def check(name: str, **options) -> NormOptions:
+    """Method `name`'s options, checked (UsageError, one line); imports no torch."""
     METHODS.require(name)
     valid = {f.name for f in dataclasses.fields(NormOptions)}
     unknown = sorted(set(options) - valid)
@@ -62,7 +66,12 @@ def get(name: str, **options) -> Normalizer:
         opts.check()
     except ValueError as e:
         raise UsageError(f"norm.{e}") from None
-    return METHODS[name](opts)
+    return opts
 
 
-__all__ = ["Normalizer", "NormOptions", "METHODS", "data_init", "get", "micro_batches", "names"]
+def get(name: str, **options) -> Normalizer:
+    """Build method `name`'s bundle; `options` are fields of `NormOptions`."""
+    return METHODS[name](check(name, **options))
+
+
+__all__ = ["GROUPED", "Normalizer", "NormOptions", "METHODS", "check", "data_init", "get", "micro_batches", "names"]
