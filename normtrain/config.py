@@ -57,7 +57,7 @@ def _yaml(text: str, source: str):
     try:
         data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as e:
-        text = " ".join(str(e).replace('in "<unicode string>", ', "").split())
+        text = " ".join(str(e).replace('in "<unicode string>", ', "at ").split())
         raise UsageError(f"{source}: not valid YAML ({text[:300]})") from None
     count = 0
 

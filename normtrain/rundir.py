@@ -32,7 +32,6 @@ broadcasts its decision to the other ranks.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
 import json
@@ -43,8 +42,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint, config
-from .errors import EXIT_WORKER, EnvError, UsageError
+from . import checkpoint, config, outputs
+from .errors import EXIT_WORKER, EnvError, UsageError, readable
 from .signals import LAUNCHER_PID_ENV
 
 LOCK_NAME = ".normtrain.lock"
@@ -312,7 +311,4 @@ def _launcher_holds_lock(launcher: int, out: Path) -> None:
 
 
 def _env(path: Path, e: OSError) -> EnvError:
-    cause = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
-             errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-             errno.ENOTDIR: "a path component is not a directory", errno.EDQUOT: "disk quota exceeded"}
-    return EnvError(f"cannot write to {path}: {cause.get(e.errno, e.strerror or str(e))}")
+    return EnvError(f"cannot write to {readable(path)}: {outputs.cause(e)}")
