@@ -100,15 +100,15 @@ def recipe_from_args(args, extra: list[tuple[str, object]] = ()) -> config.Recip
 def cmd_train(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
-    validate(recipe)
     _, max_nodes = preflight.nnodes(args.nnodes)
-    from . import dist  # torch: only once the input is known to be good
-    nproc = dist.resolve_nproc(args.nproc_per_node, recipe.run.device)
-    multi_node = args.nnodes.strip() != "1"
     if not 0 <= args.node_rank < max_nodes:
         raise UsageError(f"--node-rank {args.node_rank}: expected 0 <= K < {max_nodes} (the number of nodes)")
     if args.max_restarts < 0:
         raise UsageError(f"--max-restarts {args.max_restarts}: expected 0 or more")
+    validate(recipe)
+    from . import dist  # torch: only once the input is known to be good
+    nproc = dist.resolve_nproc(args.nproc_per_node, recipe.run.device)
+    multi_node = args.nnodes.strip() != "1"
     slurm = dist.slurm_env()
     if slurm is not None and int(slurm["LOCAL_WORLD_SIZE"]) > 1 and (nproc > 1 or multi_node):
         raise UsageError(f"this is task {slurm['RANK']} of {slurm['WORLD_SIZE']} of an srun step, and each task is "

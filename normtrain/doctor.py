@@ -126,9 +126,7 @@ class Doctor:
         self.print_table(overall, elapsed)
         from .checkpoint import atomic_write_text
         try:
-            out = Path(self.args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
+            atomic_write_text(Path(self.args.out), json.dumps(result, indent=2, default=str) + "\n")
         except OSError as e:
             raise EnvError(f"doctor: cannot write {self.args.out}: {outputs.cause(e)}") from None
         print(f"wrote {self.args.out}")

@@ -810,9 +810,9 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
             raise EnvError(f"{e}; the last checkpoint is kept: fix the data and rerun the same command to resume"
                            ) from None
         except OSError as e:
-            raise EnvError(f"cannot write in {run.out}: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); "
-                           "the previous checkpoints are intact: free space or fix the folder and rerun to resume"
-                           ) from None
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise EnvError(f"cannot write in {run.out}: {e.strerror or e}{where}; the previous checkpoints are "
+                           "intact: free space or fix the folder and rerun to resume") from None
         res = results(run, status, time.perf_counter() - t_start, start_step)
         try:
             log.results(res)

@@ -46,10 +46,12 @@ def check_dir(path, what: str = "--out") -> None:
 
 
 def check_file(path, what: str = "--out") -> None:
-    """EnvError unless a file can be written at `path` (its folder is created if needed)."""
+    """EnvError unless a file can be written at `path`, in a folder that exists."""
     p = Path(path)
     if p.is_dir():
         raise EnvError(f"{what} {readable(p)} is a directory; give a file name")
     if p.exists() and not p.is_file():
         raise EnvError(f"{what} {readable(p)} exists and is not a regular file")
-    check_dir(p.parent if str(p.parent) else ".", what)
+    if not p.parent.is_dir():
+        raise EnvError(f"{what} {readable(p)}: the folder {readable(p.parent)} does not exist")
+    check_dir(p.parent, what)

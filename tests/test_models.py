@@ -376,3 +376,45 @@ def test_residual_options_need_residual_blocks():
         models.build("cifar10-nv", norms.get("bn", residual="depth"), 10, (3, 28, 28))
     with pytest.raises(UsageError, match="drop_path"):
         models.build("resnet18", "bn", 10, (3, 32, 32), drop_path=1.0)
+
+
+# -- the declared widths the torch-free checks read (issue 17 point 18) ---------------------------
+
+def _normalized_widths(name: str, **options) -> set:
+    """The channel counts network `name` really asks its bundle to normalize (built on meta)."""
+    bundle = norms.get("bn")
+    seen = set()
+    real = type(bundle).norm
+
+    def norm(self, num_features, dims=2):
+        seen.add(num_features)
+        return real(self, num_features, dims)
+    bundle.norm = norm.__get__(bundle)
+    shape = (1, 8, 8) if name in ("mlp", "linear50") else (3, 32, 32)
+    with torch.device("meta"):
+        models.build(name, bundle, 10, shape, init="default", **options)
+    return seen
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_declared_norm_widths_are_the_networks_own(name):
+    """models.NORM_WIDTHS (read without torch by preflight) is what each network builds."""
+    assert name in models.NORM_WIDTHS, f"declare {name}'s normalized widths in models.NORM_WIDTHS"
+    assert models.norm_widths(name, {}) == _normalized_widths(name)
+    if name == "mlp":
+        assert models.norm_widths(name, {"widths": [12, 20]}) == _normalized_widths(name, widths=[12, 20]) == {12, 20}
+    if name == "linear50":
+        assert models.norm_widths(name, {"depth": 3, "width": 6}) == _normalized_widths(name, depth=3, width=6)
+
+
+@pytest.mark.parametrize("method", norms.names())
+def test_grouped_methods_are_exactly_those_that_need_groups_to_divide_the_width(method):
+    """norms.GROUPED (read without torch) lists the methods whose norm layer needs norm.groups | C."""
+    from normtrain.errors import UsageError
+    try:
+        with torch.device("meta"):
+            models.build("mlp", norms.get(method, groups=7), 10, (1, 8, 8), widths=[10])
+        needs = False
+    except UsageError:
+        needs = True
+    assert needs == (method in norms.GROUPED)
