@@ -9,7 +9,8 @@
 
 Exit codes: 0 completed, 2 bad input (nothing written), 3 diverged (recorded in
 results.json), 4 interrupted by SIGTERM/SIGINT (checkpoint saved; rerun the same
-command to resume).
+command to resume), 5 environment (disk full, unwritable folder, unreadable data
+mid-run), 6 a worker died or stopped answering (README "What normtrain guarantees").
 """
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ examples:
   normtrain runs runs/ --csv > runs.csv
 
 exit codes: 0 completed (or already complete), 2 bad input (nothing written), 3 diverged (see results.json),
-            4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume),
-            5 environment: disk full, unwritable folder, unreadable data met mid-run (checkpoints kept),
-            6 a worker died or stopped answering (checkpoints kept; rerun to resume)
+            4 interrupted by SIGTERM/SIGINT, also while starting (last checkpoint saved; rerun to resume),
+            5 environment: disk full, unwritable folder or results.json, unreadable data met mid-run
+              (checkpoints kept), 6 a worker died or stopped answering (checkpoints kept; rerun to resume)
 """
 
 

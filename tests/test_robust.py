@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from normtrain import checkpoint, cli, config, engine, logger, outputs, runs
+from normtrain import checkpoint, cli, config, engine, logger, runs
 from normtrain.errors import EnvError, UsageError
 
 from .conftest import ROOT
@@ -324,6 +324,8 @@ def test_a_scenario_network_that_cannot_fit_is_refused_before_it_runs(tmp_path, 
 
 
 def test_an_output_folder_on_a_read_only_file_system_is_named_before_the_work(tmp_path, monkeypatch):
+    from normtrain import outputs
+
     def read_only(*a, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
     monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only)
