@@ -40,7 +40,7 @@ def validate(recipe: config.Recipe) -> None:
     Everything that can be read from the recipe alone is checked before torch is imported."""
     from . import models, norms
     check_names(recipe)  # first: an unknown name is reported without importing torch
-    models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})
+    models.check_options(recipe.model.name, recipe.model.builder_options())
     norms.check(recipe.norm.name, **recipe.norm.options())
     check_shapes(recipe)
     norms.get(recipe.norm.name, **recipe.norm.options())  # the method's own checks (imports torch)

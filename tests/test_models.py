@@ -396,7 +396,11 @@ def _normalized_widths(name: str, **options) -> set:
     return seen
 
 
-@pytest.mark.parametrize("name", models.names())
+BUILT_IN_NETWORKS = [n for n in models.names() if models.NETWORKS.package_of(n) is None]
+BUILT_IN_METHODS = [n for n in norms.names() if norms.METHODS.package_of(n) is None]
+
+
+@pytest.mark.parametrize("name", BUILT_IN_NETWORKS)
 def test_declared_norm_widths_are_the_networks_own(name):
     """models.NORM_WIDTHS (read without torch by preflight) is what each network builds."""
     assert name in models.NORM_WIDTHS, f"declare {name}'s normalized widths in models.NORM_WIDTHS"
@@ -407,7 +411,7 @@ def test_declared_norm_widths_are_the_networks_own(name):
         assert models.norm_widths(name, {"depth": 3, "width": 6}) == _normalized_widths(name, depth=3, width=6)
 
 
-@pytest.mark.parametrize("method", norms.names())
+@pytest.mark.parametrize("method", BUILT_IN_METHODS)
 def test_grouped_methods_are_exactly_those_that_need_groups_to_divide_the_width(method):
     """norms.GROUPED (read without torch) lists the methods whose norm layer needs norm.groups | C."""
     from normtrain.errors import UsageError

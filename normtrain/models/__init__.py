@@ -7,7 +7,9 @@ Adding a network: one file in this folder with a builder
 ``build_x(norm, num_classes, in_shape, **options) -> nn.Module`` and one line
 ``"name": "module:builder"`` in ``NETWORKS`` below; the builder's docstring is
 its one-line summary in ``normtrain list models``. Builders take the bundle and
-never branch on its name.
+never branch on its name. A network from another package registers its builder
+through the entry-point group ``normtrain.networks`` instead of the line (README,
+"Adding a method or a network").
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ NETWORKS = Registry("model", {
     "resnet20": "resnet:build_resnet20",
     "resnet56": "resnet:build_resnet56",
     "wrn28-10": "resnet:build_wrn28_10",
-}, __name__)
+}, __name__, group="normtrain.networks")
 
 #: Weight initialisation schemes (`model.init`), implemented in init.py.
 SCHEMES = ("kaiming", "xavier", "caffe-xavier", "default")
@@ -45,9 +47,10 @@ def names() -> list[str]:
     return NETWORKS.names()
 
 
-#: Channel counts at which each network builds its normalization layers, from its options. Read
-#: without torch (`preflight`): a norm.groups that does not divide one of them is bad input before
-#: anything heavy is loaded. tests/test_models.py checks every entry against the built network.
+#: Channel counts at which each built-in network builds its normalization layers, from its options.
+#: Read without torch (`preflight`): a norm.groups that does not divide one of them is bad input before
+#: anything heavy is loaded (a network not listed, e.g. an installed one, is checked when it is built).
+#: tests/test_models.py checks every entry against the built network.
 _RESNET_WIDTHS = {64, 128, 256, 512, 1024, 2048}
 NORM_WIDTHS = {
     "mlp": lambda widths=(512, 300), **_: set(widths),
@@ -73,7 +76,10 @@ def signature(name: str) -> inspect.Signature:
     """The signature of network `name`'s builder, read from its source without importing torch."""
     from .. import static
     module, attr = NETWORKS.source(name)
-    fn = getattr(static.light(module), attr, None) if attr else None
+    try:
+        fn = getattr(static.light(module), attr, None) if attr else None
+    except Exception:  # noqa: BLE001 - no source to read (an installed, compiled network): import it
+        fn = None
     return inspect.signature(fn if callable(fn) else NETWORKS[name])
 
 

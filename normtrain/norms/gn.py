@@ -14,10 +14,22 @@ ValueError, otherwise).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from .bundle import Normalizer
 from .options import NormShapeError
+
+
+@dataclass
+class Options:
+    groups: int = 32
+    """GroupNorm groups (gn, ws-gn, gn-wn, evonorm-s0; the G_C of seqnorm). ln = 1 group, in = one per channel."""
+
+    def check(self) -> None:
+        if self.groups < 1:
+            raise ValueError("groups must be >= 1")
 
 
 def check_groups(num_channels: int, groups: int) -> None:
