@@ -279,7 +279,6 @@ def load(path: Path, map_location="cpu", verify: bool = True) -> dict:
         if digest(state) != stored:
             raise CheckpointError(f"checkpoint {path} fails its checksum: its contents were changed or damaged "
                                   "after it was written")
-        _check_structure(state, path)
     return state
 
 
@@ -288,8 +287,9 @@ _STRUCTURE = {"model": dict, "optimizer": dict, "scaler": dict, "step": int, "ep
               "best_top1": (int, float), "history": list, "recipe": dict, "world": int}
 
 
-def _check_structure(state: dict, path: Path) -> None:
-    """CheckpointError naming the first entry that is missing or of the wrong type."""
+def check_training(state: dict, path: Path) -> dict:
+    """`state` if it holds what a resume needs (`_STRUCTURE`), else CheckpointError naming the first entry
+    that is missing or of the wrong type. A checksum is no signature: a file made to pass it is checked too."""
     state.setdefault("world", 1)  # older checkpoints: one process
     for key, typ in _STRUCTURE.items():
         if key not in state:
@@ -299,3 +299,4 @@ def _check_structure(state: dict, path: Path) -> None:
                                   f"{type(state[key]).__name__})")
     if min(state["step"], state["epoch"], state["batch"]) < 0 or state["world"] < 1:
         raise CheckpointError(f"{path} is not a normtrain training checkpoint (negative position or world size)")
+    return state

@@ -461,7 +461,8 @@ class Supervisor:
             if m and m.group(2) == socket.gethostname():
                 pid = int(m.group(1))
                 # Only a sibling: the same launcher started it (no stale or reused pid is hit).
-                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
                 if int(stat[1]) == os.getppid():
                     os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError, IndexError):

@@ -261,7 +261,7 @@ def share_state(decision: Decision, state: dict | None, d: dist.Dist) -> dict:
         path = Path(decision.path)
         if path.is_file():
             try:
-                mine = checkpoint.load(path)
+                mine = checkpoint.check_training(checkpoint.load(path), path)
                 if mine["step"] == decision.step:
                     state = mine
             except UsageError:

@@ -198,7 +198,7 @@ class RunDir:
             if not path.is_file():
                 raise UsageError(f"--resume: checkpoint file not found: {mode} (or use auto / never)")
         try:
-            state = checkpoint.load(path)
+            state = checkpoint.check_training(checkpoint.load(path), path)
         except checkpoint.CheckpointError as e:
             best = ck / "best.pt"
             hint = f"; continue from {best} with --resume {best}" if path == last and best.is_file() else ""

@@ -79,6 +79,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     assert f"checkpoint {evil} is not a normtrain checkpoint" in line and "system" in line and "refused" in line
 
 
+def test_a_checkpoint_made_to_pass_its_checksum_is_still_checked(tmp_path, capsys):
+    """A checksum is no signature: a file of plain data with a valid checksum but not what a resume needs."""
+    forged = tmp_path / "forged.pt"
+    checkpoint.save(forged, {"model": {}, "step": "many", "recipe": {}})
+    code, err = main(capsys, *FLAGS, "--resume", forged, "--out", tmp_path / "run")
+    assert f"{forged} is not a normtrain training checkpoint" in one_line(err, code, 2)
+
+
 def test_cifar_batches_are_unpickled_without_running_code(tmp_path):
     from normtrain.data import cifar
     root = cifar10(tmp_path / "c", train=50, test=10)
@@ -130,7 +138,7 @@ def test_each_evaluation_is_recorded_once_across_resumes_and_reruns(tmp_path):
 
 # -- 6-8. a full disk, an unwritable folder ------------------------------------------------------
 
-def test_a_disk_too_small_for_the_first_checkpoint_fails_cleanly_and_the_command_then_restarts(tmp_path):
+def test_a_disk_too_small_for_the_first_checkpoint_fails_cleanly_and_the_command_then_restarts(tmp_path, capsys):
     """RLIMIT_FSIZE makes every write past 300 kB fail (EFBIG) as a full disk would: torch.save's
     RuntimeError ("unexpected pos") is exit 5, one line, with TensorBoard on; no best.pt without a last.pt."""
     out = tmp_path / "small"
@@ -145,9 +153,8 @@ def test_a_disk_too_small_for_the_first_checkpoint_fails_cleanly_and_the_command
     assert p.returncode == 5 and len(lines) == 1 and "File too large" in lines[0], err
     assert not (out / "checkpoints/best.pt").exists() and not (out / "checkpoints/last.pt").exists()
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
-    p = spawn(*args)  # space freed: the same command starts again and completes
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    code, err = main(capsys, *args)  # space freed: the same command starts again and completes
+    assert code == 0, err
     assert checkpoint.load(out / "checkpoints/last.pt")["step"] == 4
 
 
