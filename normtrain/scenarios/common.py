@@ -66,8 +66,8 @@ class Params:
         for name, (lo, hi) in SIZES.items():
             value = getattr(self, name, None)
             values = value if isinstance(value, list) else [value]
-            for v in values:
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and not lo <= v <= hi:
+            for v in values:  # integers only: a float of the same name is a factor (wn-small-net's width)
+                if isinstance(v, int) and not isinstance(v, bool) and not lo <= v <= hi:
                     raise ValueError(f"{name}: {v} is out of range (must be >= {lo} and <= {hi})")
         if hasattr(self, "seed") and not 0 <= self.seed < 2 ** 31:
             raise ValueError(f"seed: {self.seed} is out of range (must be >= 0 and < 2^31)")
@@ -86,7 +86,8 @@ class Params:
         # One method stands for all: the network's shape, not the method, decides its memory.
         methods = getattr(self, "methods", None) or [getattr(self, "norm", None) or "bn"]
         method = "bn" if "bn" in methods else methods[0]
-        options = {k: getattr(self, k) for k in ("widths", "depth", "width") if hasattr(self, k)}
+        options = {k: getattr(self, k) for k in ("widths", "depth", "width")
+                   if isinstance(getattr(self, k, None), (int, list)) and not isinstance(getattr(self, k), bool)}
         batch = max(getattr(self, "batch_size", 1), getattr(self, "probe_size", 1))
         return [(model, method, options, batch)]
 
