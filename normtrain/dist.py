@@ -382,8 +382,8 @@ class Supervisor:
         self.store = None
 
     def start(self) -> "Supervisor":
-        from .signals import LAUNCHER_PID_ENV, die_with_parent
-        self.owns_nothing = bool(os.environ.get(LAUNCHER_PID_ENV))
+        from .signals import die_with_parent, launcher_pid
+        self.owns_nothing = launcher_pid() is not None
         if not self.owns_nothing and "TORCHELASTIC_RUN_ID" in os.environ:
             die_with_parent(self.ppid, signal.SIGTERM)  # torchrun's agent gone: save and stop
         if self.d.active and "MASTER_ADDR" in os.environ:

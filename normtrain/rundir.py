@@ -42,9 +42,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint, config, outputs
+from . import checkpoint, config, outputs, signals
 from .errors import EXIT_WORKER, EnvError, UsageError, readable
-from .signals import LAUNCHER_PID_ENV
 
 LOCK_NAME = ".normtrain.lock"
 #: Set by the launcher for its workers when it holds the lock itself.
@@ -89,9 +88,9 @@ class RunDir:
         """Create the folder if needed, take the writer lock, probe that it is writable, clean temp files."""
         if os.environ.get(LOCK_ENV) == str(self.out.resolve()):
             # Our launcher holds the lock for us: every write first checks that it still does.
-            launcher = os.environ.get(LAUNCHER_PID_ENV, "")
-            if launcher.isdigit():
-                checkpoint.guard_writes(functools.partial(_launcher_holds_lock, int(launcher), self.out))
+            launcher = signals.launcher_pid()
+            if launcher is not None:
+                checkpoint.guard_writes(functools.partial(_launcher_holds_lock, launcher, self.out))
             self._probe()
         else:
             self._mkdir()

@@ -60,6 +60,25 @@ def ignore_signals() -> None:
     _install(signal.SIG_IGN)
 
 
+_launcher: int | None = None
+
+
+def take_launcher() -> int | None:
+    """The pid of normtrain's launcher if this process is one of its workers (LAUNCHER_PID_ENV), taken out
+    of the environment so that no process this one starts believes it is a worker too."""
+    global _launcher
+    value = os.environ.pop(LAUNCHER_PID_ENV, "")
+    if value.isdigit():
+        _launcher = int(value)
+    return _launcher
+
+
+def launcher_pid() -> int | None:
+    """The launcher's pid recorded by `take_launcher` (or still in the environment), None if not a worker."""
+    value = os.environ.get(LAUNCHER_PID_ENV, "")
+    return _launcher if _launcher is not None else (int(value) if value.isdigit() else None)
+
+
 def take() -> bool:
     """Whether a SIGTERM/SIGINT arrived during start-up; clears it (the engine now handles signals)."""
     global received

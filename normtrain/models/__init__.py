@@ -64,6 +64,7 @@ NORM_WIDTHS = {
     "resnext101-32x4d": lambda **_: set(_RESNET_WIDTHS),
     "preact-resnet50": lambda **_: set(_RESNET_WIDTHS),
     "nf-resnet50": lambda **_: set(),
+    "resnet8": lambda **_: {16, 32, 64},
     "resnet20": lambda **_: {16, 32, 64},
     "resnet56": lambda **_: {16, 32, 64},
     "wrn28-10": lambda **_: {16, 160, 320, 640},
