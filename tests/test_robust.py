@@ -315,6 +315,9 @@ def test_file_names_that_are_not_utf8_are_read_and_named_readably(tmp_path, caps
     code, err = main(capsys, *args, "--out", tmp_path / "a")
     line = one_line(err, code, 5)
     assert "bad\\xff.JPEG" in line and "cannot decode image" in line
+    code, err = main(capsys, *args, "--set", "data.backend=dali", "--out", tmp_path / "d")
+    line = one_line(err, code, 2)  # DALI takes UTF-8 names only: said before anything is written
+    assert "caf\\xe9.JPEG is not UTF-8" in line or "bad\\xff.JPEG is not UTF-8" in line
     os.unlink(bad)
     code, err = main(capsys, *args, "--out", tmp_path / "b")
     assert code == 0, err
