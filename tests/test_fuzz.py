@@ -182,7 +182,8 @@ def test_any_image_folder_ends_in_a_documented_exit(capsys, tree):
                 (root / split / f"c{c}").mkdir()
                 for i, kind in enumerate(files):
                     _write(root / split / f"c{c}", i, kind)
-        run(capsys, ["--data", root, *QUIET, "--set", "data.backend=folder", "--set", "model.name=mlp",
+        run(capsys, ["--data", root, *QUIET, "--set", "data.backend=folder", "--set", "data.val_split=0",
+                     "--set", "model.name=mlp",
                      "--set", "model.options={widths: [4]}", "--set", "data.image_size=8", "--set", "data.batch_size=2",
                      "--set", "train.max_steps=1", "--set", f"data.skip_corrupt={str(tree['skip_corrupt']).lower()}",
                      "--set", f"data.workers={tree['workers']}"], Path(d) / "out")

@@ -416,18 +416,22 @@ def test_residual_options_need_residual_blocks():
 # -- the declared widths the torch-free checks read (issue 17 point 18) ---------------------------
 
 def _normalized_widths(name: str, **options) -> set:
-    """The channel counts network `name` really asks its bundle to normalize (built on meta)."""
-    bundle = norms.get("bn")
+    """The channel counts that network `name` really splits into norm.groups groups (GroupNorm's own
+    check, recorded while the network is built on meta with gn)."""
+    from normtrain.norms import gn
     seen = set()
-    real = type(bundle).norm
+    real = gn.check_groups
 
-    def norm(self, num_features, dims=2):
-        seen.add(num_features)
-        return real(self, num_features, dims)
-    bundle.norm = norm.__get__(bundle)
-    shape = (1, 8, 8) if name in ("mlp", "linear50") else (3, 32, 32)
-    with torch.device("meta"):
-        models.build(name, bundle, 10, shape, init="default", **options)
+    def record(num_channels, groups):
+        seen.add(num_channels)
+        return real(num_channels, groups)
+    gn.check_groups = record
+    try:
+        shape = (1, 8, 8) if name in ("mlp", "linear50", "vit-tiny-digits") else (3, 32, 32)
+        with torch.device("meta"):
+            models.build(name, norms.get("gn", groups=1), 10, shape, init="default", **options)
+    finally:
+        gn.check_groups = real
     return seen
 
 

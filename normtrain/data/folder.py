@@ -25,6 +25,7 @@ on ``ctx.device``, int64 labels).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 from typing import Iterator

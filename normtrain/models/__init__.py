@@ -72,6 +72,10 @@ NORM_WIDTHS = {
     "resnet20": lambda **_: {16, 32, 64},
     "resnet56": lambda **_: {16, 32, 64},
     "wrn28-10": lambda **_: {16, 160, 320, 640},
+    "vit-b16": lambda **_: {768},
+    "vit-s16": lambda **_: {384},
+    "vit-tiny-digits": lambda **_: {64},
+    "convnext-tiny": lambda **_: {96, 192, 384, 768},
 }
 
 #: Upper bound of an integer size option (a width or depth far beyond any network).
