@@ -3,11 +3,12 @@
     normtrain scenario NAME [--data PATH] [--set key=value ...] [--out DIR]
     normtrain scenario NAME --help          # its parameters, defaults and docs
 
-Each writes <out>/results.json (scenario, params, measurements, verdict with
-claim / criterion / measured / reproduced), PNG plots and TensorBoard scalars
-(<out>/tb), and prints a short table and the verdict. Default out:
-runs/scenario-NAME. A verdict that does not reproduce the paper is a result,
-not an error: the exit code is 0 either way (2 for bad input, nothing written).
+Each writes <out>/results.json (scenario, params, measurements, verdict: a
+state and its parts, each the paper's sentence or a control we add, see
+`common`), PNG plots and TensorBoard scalars (<out>/tb), and prints a short
+table and the verdict. Default out: runs/scenario-NAME. A verdict that does not
+reproduce the paper is a result, not an error: the exit code is 0 either way
+(2 for bad input, nothing written).
 
 Adding a scenario: one module here with a docstring, ``Params`` (a dataclass
 deriving from `common.Params`), ``USES_DATA`` and ``run(ctx, params)``, and one

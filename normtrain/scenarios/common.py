@@ -1,4 +1,4 @@
-"""What every scenario shares: base parameters, the run context and its outputs.
+"""What every scenario shares: base parameters, the run context, the verdict schema and its statistics.
 
 A scenario is one module in this package with
 
@@ -10,17 +10,32 @@ A scenario is one module in this package with
 - ``USES_DATA``: whether ``--data`` means something to it;
 - ``run(ctx, p) -> dict``: does the work and returns ``ctx.finish(...)``;
 - a pure ``verdict(...)`` function on plain numbers, unit-tested on constructed
-  inputs both ways (one where it holds, one where it does not). The criterion
-  holds the control (the method or setting the claim contrasts with) and can
-  come out false; its text states it.
+  inputs in every state it can reach;
+- optionally ``TIMED = True`` when its headline numbers are timings (they change
+  from run to run; the rerun test of docs/scenarios then compares states only).
+
+The verdict (DESIGN §5) is given in parts (`part`, `verdict_of`): the paper's own
+sentence judged exactly as the paper states it (``source: "paper"``), and each
+control or mechanism this project adds (``source: "added"``). Each part, and the
+whole, is in one of four states: ``reproduced``, ``not reproduced``,
+``inconclusive`` (this size cannot decide it; the part says which size would) and
+``n/a`` (cannot be judged here, e.g. a GPU claim on a CPU). The whole is n/a when
+its paper parts are; otherwise not reproduced if any judged part is not, else
+inconclusive if any is, else reproduced. The headline says in words which parts held.
+Rules (`difference`, `plateaued`, `decay_acts`): a gap across seeds is *shown* only at
+>= 2 standard errors and >= a stated minimum effect, else the part is inconclusive with
+the seeds that would decide it; an arm that cannot act at this size (weight decay with
+lr * wd * steps < 1%) is flagged, not compared; a claim about final accuracy is judged
+only on runs whose training loss has plateaued.
 
 Outputs (all under ``ctx.out``, created on the first write so that bad input
 leaves nothing behind): ``results.json`` with ``scenario``, ``params``,
 ``measurements`` (including the raw per-run / per-seed numbers behind the
-verdict) and ``verdict`` (``claim``, ``criterion``, ``measured``,
-``reproduced``, ``headline``: one short line with the key number, used in the
-plots' titles and the README table), ``runtime_s`` (wall) and ``cpu_s`` (CPU
-time, which does not depend on what else runs on the machine), PNG plots (`plotting`, `figure`,
+verdict) and ``verdict`` (``claim``, ``state``, ``parts``, ``headline``: one
+short line with the key numbers, used in the plots' titles and the README table;
+``criterion`` and ``measured`` joined from the parts; ``reproduced`` = state is
+reproduced), ``runtime_s`` (wall) and ``cpu_s`` (CPU time, which does not depend
+on what else runs on the machine), PNG plots (`plotting`, `figure`,
 `Context.savefig`: at least 1200 px wide, the verdict in the title), and
 TensorBoard scalars under ``tb/``. Non-finite numbers are written to JSON as ``null``.
 """
@@ -243,10 +258,9 @@ def verdict_of(claim: str, parts: list[dict], headline: str) -> dict:
             "reproduced": state == REPRODUCED}
 
 
-def verdict(claim: str, criterion: str, measured: str, reproduced: bool, headline: str = "") -> dict:
-    """Old single-part form: the whole claim as one paper part. Prefer `part` + `verdict_of`."""
-    return verdict_of(claim, [part("claim", claim, "paper", bool(reproduced), measured, criterion)],
-                      headline or measured.split(";")[0].rstrip("."))
+def not_judged(claim: str, why: str, criterion: str = "-") -> dict:
+    """The verdict of a run that cannot judge the claim at all (e.g. a control left out by --set): n/a, saying why."""
+    return verdict_of(claim, [part("claim", claim, "paper", NA, why, criterion)], f"not judged: {why}")
 
 
 def state_label(v: dict) -> str:
@@ -271,20 +285,6 @@ def pm(xs, digits: int = 3) -> str:
     """'mean ± std' of a list of numbers."""
     m, sd = mean_std(xs)
     return f"{m:.{digits}g} ± {sd:.2g}"
-
-
-def below(a, b) -> dict:
-    """Is mean(a) below mean(b) by more than the standard error of the difference?
-
-    a, b: per-seed values. With one value each the standard error is 0 and any gap counts.
-    Returns {'gap': mean(b) - mean(a), 'se': standard error, 'shown': gap > se}.
-    """
-    ma, sa = mean_std(a)
-    mb, sb = mean_std(b)
-    na, nb = max(len(list(a)), 1), max(len(list(b)), 1)
-    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if math.isfinite(sa + sb) else float("nan")
-    gap = mb - ma
-    return {"gap": gap, "se": se, "shown": bool(math.isfinite(gap) and math.isfinite(se) and gap > se)}
 
 
 def difference(a, b, min_effect: float) -> dict:
@@ -317,6 +317,27 @@ def difference(a, b, min_effect: float) -> dict:
             "seeds_to_decide": need}
 
 
+def paired_difference(a, b, min_effect: float) -> dict:
+    """`difference` for paired values (a[i] and b[i] from the same seed: the same initial weights and data order):
+    the per-seed differences a[i] - b[i] against 0, so that what the seeds share cancels. Same keys as `difference`."""
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None
+             and math.isfinite(float(x)) and math.isfinite(float(y))]
+    return difference([x - y for x, y in pairs], [0.0] * len(pairs), min_effect)
+
+
+def shown_text(d: dict, digits: int = 2) -> str:
+    """'gap ± se (shown | shown equal | not shown: detectable >= x[, n seeds decide it])' for a `difference` result."""
+    if not math.isfinite(d["se"]):
+        return f"{d['gap']:+.{digits}g} (one seed per arm: no standard error)"
+    head = f"{d['gap']:+.{digits}g} ± {d['se']:.1g}"
+    if d["shown"]:
+        return f"{head} (shown)"
+    if d["equal"]:
+        return f"{head} (shown equal within ±{d['min_effect']:.{digits}g})"
+    need = f", {d['seeds_to_decide']} seeds per arm decide it" if d["seeds_to_decide"] else ""
+    return f"{head} (not shown: detectable >= {d['detectable']:.{digits}g}{need})"
+
+
 def state_greater(d: dict) -> str:
     """State of the claim "a > b" from `difference(a, b, ...)`: reproduced when a gap > 0 is shown,
     not reproduced when a gap < 0 is shown or the two are shown equal, else inconclusive."""
@@ -334,9 +355,10 @@ def state_not_less(d: dict) -> str:
 
 
 def plateaued(losses, window: float = 0.1, rel: float = 0.05) -> bool:
-    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of
-    values is less than `rel` (relative) below the mean of the `window` fraction before it. Claims
-    about final accuracy are judged only on runs for which this holds (else inconclusive)."""
+    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of values is less
+    than `rel` (relative) below the mean of the `window` fraction before it. Claims about final accuracy are judged
+    only on runs for which this holds (else inconclusive). On a noisy per-step curve use `measures.settled`, which
+    widens `rel` to the curve's own noise."""
     xs = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
     k = max(1, int(len(xs) * window))
     if len(xs) < 2 * k or len(xs) < 4:
@@ -557,13 +579,14 @@ def data_config(source: str, batch_size: int, image_size: int = 0, **extra):
 
 
 def loader(ctx: Context, batch_size: int, split: str = "train", image_size: int = 0, default: str = "digits",
-           seed: int | None = None):
+           seed: int | None = None, **extra):
     """The training (or 'val') loader of `--data` (default: the built-in digits) on ctx.device.
 
     `seed` (default: the scenario's) fixes the training order, so runs of different seeds see different orders.
+    `extra`: further `data:` keys (e.g. ``normalize``, ``synthetic_classes``).
     """
     from .. import data
-    cfg = data_config(ctx.data or default, batch_size, image_size)
+    cfg = data_config(ctx.data or default, batch_size, image_size, **extra)
     seed = ctx.params.seed if seed is None else seed
     return data.build(cfg, split, data.DataContext(0, 1, ctx.device, batch_size, seed, split == "train"))
 
