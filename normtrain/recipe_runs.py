@@ -97,18 +97,22 @@ def finished(spec) -> dict | None:
             for k in DISPLAY_KEYS:
                 d.get("log", {}).pop(k, None)
         same = saved == wanted
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError, yaml.YAMLError):
         return None
-    return res if same and res.get("status") in ("completed", "diverged") else None
+    return res if same and isinstance(res, dict) and res.get("status") in ("completed", "diverged") else None
 
 
 def load_result(out) -> dict | None:
-    """A run folder's results.json (None if it has none or it cannot be read)."""
+    """A run folder's results.json, or None if it has none or it cannot be read as one."""
     p = Path(out) / "results.json"
     try:
-        return json.loads(p.read_text()) if p.is_file() else None
+        res = json.loads(p.read_text()) if p.is_file() else None
     except (OSError, ValueError):
         return None
+    if not isinstance(res, dict) or not isinstance(res.get("final", {}), dict) \
+            or not isinstance(res.get("timings", {}), dict):
+        return None
+    return res
 
 
 def read_metrics(out) -> list[dict]:

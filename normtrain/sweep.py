@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
+from . import config, outputs
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EnvError, UsageError
 from .recipe_runs import RunInterrupted, finished, load_result, run_inprocess, run_subprocesses, value_text
 
 DEFAULT_OUT = "runs/sweep"
@@ -171,7 +171,7 @@ def collapsed(res: dict | None) -> bool:
 
 
 def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    xs = [x for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
     if not xs:
         return None, None
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -440,8 +440,12 @@ def main(argv: list[str]) -> int:
         for s in specs:
             print(s.out)
         return EXIT_OK
+    outputs.check_dir(args.out)  # a file in the way, below a file, read-only: exit 5 before any run
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EnvError(f"--out {args.out}: {outputs.cause(e)}") from None
     todo = []
     for s in specs:
         if finished(s) is not None:
@@ -468,11 +472,15 @@ def main(argv: list[str]) -> int:
     keys = [k for k, _ in specs[0].values]
     rows = summarize(specs)
     title = sweep_title(args.recipe, specs, len(rows), args.seeds)
-    write_summary(out, rows, keys, title)
-    write_runs_csv(out, specs, keys)
-    plot_title = headline(rows, title)
-    plot_curves(out, specs, plot_title)
-    plot_summary(out, specs, rows, plot_title)
+    try:
+        write_summary(out, rows, keys, title)
+        write_runs_csv(out, specs, keys)
+        plot_title = headline(rows, title)
+        plot_curves(out, specs, plot_title)
+        plot_summary(out, specs, rows, plot_title)
+    except OSError as e:
+        raise EnvError(f"cannot write the sweep's summary in {out}: {outputs.cause(e)}; its runs are kept: "
+                       "rerun the same command to write it") from None
     print((out / "summary.md").read_text())
     print(f"normtrain sweep: {len(specs)} runs ({len(todo)} run now, {time.perf_counter() - t0:.1f}s) -> "
           f"{out / 'summary.md'}, {out / 'summary.csv'}, {out / 'runs.csv'}, {out / 'curves.png'}, "

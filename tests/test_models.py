@@ -471,3 +471,53 @@ def test_residual_options_need_residual_blocks():
         models.build("cifar10-nv", norms.get("bn", residual="depth"), 10, (3, 28, 28))
     with pytest.raises(UsageError, match="drop_path"):
         models.build("resnet18", "bn", 10, (3, 32, 32), drop_path=1.0)
+
+
+# -- the declared widths the torch-free checks read (issue 17 point 18) ---------------------------
+
+def _normalized_widths(name: str, **options) -> set:
+    """The channel counts that network `name` really splits into norm.groups groups (GroupNorm's own
+    check, recorded while the network is built on meta with gn)."""
+    from normtrain.norms import gn
+    seen = set()
+    real = gn.check_groups
+
+    def record(num_channels, groups):
+        seen.add(num_channels)
+        return real(num_channels, groups)
+    gn.check_groups = record
+    try:
+        shape = (1, 8, 8) if name in ("mlp", "linear50", "vit-tiny-digits") else (3, 32, 32)
+        with torch.device("meta"):
+            models.build(name, norms.get("gn", groups=1), 10, shape, init="default", **options)
+    finally:
+        gn.check_groups = real
+    return seen
+
+
+BUILT_IN_NETWORKS = [n for n in models.names() if models.NETWORKS.package_of(n) is None]
+BUILT_IN_METHODS = [n for n in norms.names() if norms.METHODS.package_of(n) is None]
+
+
+@pytest.mark.parametrize("name", BUILT_IN_NETWORKS)
+def test_declared_norm_widths_are_the_networks_own(name):
+    """models.NORM_WIDTHS (read without torch by preflight) is what each network builds."""
+    assert name in models.NORM_WIDTHS, f"declare {name}'s normalized widths in models.NORM_WIDTHS"
+    assert models.norm_widths(name, {}) == _normalized_widths(name)
+    if name == "mlp":
+        assert models.norm_widths(name, {"widths": [12, 20]}) == _normalized_widths(name, widths=[12, 20]) == {12, 20}
+    if name == "linear50":
+        assert models.norm_widths(name, {"depth": 3, "width": 6}) == _normalized_widths(name, depth=3, width=6)
+
+
+@pytest.mark.parametrize("method", BUILT_IN_METHODS)
+def test_grouped_methods_are_exactly_those_that_need_groups_to_divide_the_width(method):
+    """norms.GROUPED (read without torch) lists the methods whose norm layer needs norm.groups | C."""
+    from normtrain.errors import UsageError
+    try:
+        with torch.device("meta"):
+            models.build("mlp", norms.get(method, groups=7), 10, (1, 8, 8), widths=[10])
+        needs = False
+    except UsageError:
+        needs = True
+    assert needs == (method in norms.GROUPED)

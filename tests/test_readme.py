@@ -80,3 +80,18 @@ def test_scenario_table_render_format():
     assert "| **n/a** | z = 3 |" in row_c and "not reproduced" not in row_c
     assert tool.plot_names("x", ["loss_curves.png", "output_norms.png"]) == ["x.png", "x-output-norms.png"]
     assert tool.state_of({"reproduced": False}) == "not reproduced"  # an entry of the old schema
+
+
+def test_exit_code_table_matches_the_code_and_the_help():
+    """The README's exit codes are exactly normtrain's (errors.EXIT_*), each also in `normtrain --help`."""
+    from normtrain import cli, errors
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("#### What normtrain guarantees"):text.index("## Distributed training")]
+    table = section[section.index("| code | meaning |"):]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table, re.M)}
+    defined = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert documented == defined
+    help_text = cli.EPILOG
+    for code in defined:
+        assert re.search(rf"\b{code} ", help_text), code
+    assert "What is **not** guaranteed" in section and "flock" in section and "fsync" in section

@@ -35,8 +35,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from .. import config, recipe_runs, static
-from ..errors import EXIT_INTERRUPTED, UsageError
+from .. import config, outputs, recipe_runs, static
+from ..errors import EXIT_INTERRUPTED, EnvError, UsageError, readable
 from ..registry import Registry
 from . import paper
 
@@ -194,38 +194,50 @@ def paper_of(module, name: str):
     return pp
 
 
-def resolve(name: str, sets: list[str], data: str | None = None, scale: str = "cpu", light_only: bool = False):
-    """(module, params) for scenario `name` at `scale` with `--set` overrides; UsageError on bad input.
-
-    At paper scale the module's PAPER.params come first and the `--set` overrides win; the dataset is
-    checked (`paper.check_dataset`). The input is checked on the light module first, so bad input is
-    reported without loading torch; `light_only` (--dry-run) stops there.
-    """
+def light_params(name: str, sets: list[str], data: str | None = None, scale: str = "cpu"):
+    """(module, params, overrides) of scenario `name` at `scale`, checked without torch where the module's
+    light reading allows (`light`; the real module otherwise). At paper scale the module's PAPER.params come
+    first and the `--set` overrides win, and a given `data` is checked against the paper's dataset."""
     overrides = [config.parse_set(s) for s in sets]
     where = f"scenario {name} --set"
     module = light(name)
     if scale == "paper":
         overrides = list(paper_of(module, name).params.items()) + overrides
-    params = None
     try:
         params = config.apply_overrides(module.Params(), overrides, where)
     except UsageError:
         raise
-    except Exception:  # noqa: BLE001 - a check() that needs a left-out name: the real module checks below
-        if light_only:
-            module = SCENARIOS[name]
-            params = config.apply_overrides(module.Params(), overrides, where)
+    except Exception:  # noqa: BLE001 - a check() that needs a left-out name: the real module checks it
+        module = SCENARIOS[name]
+        params = config.apply_overrides(module.Params(), overrides, where)
     if data is not None and not module.USES_DATA:
         raise UsageError(f"scenario {name} takes no --data (it uses generated inputs)")
-    if scale == "paper" and (data is not None or not light_only):  # a plan may be printed before the data is there
+    if scale == "paper" and data is not None:
         paper.check_dataset(name, paper_of(module, name), data)
-    if light_only:
-        return module, params
+    return module, params, overrides
+
+
+def check_light(name: str, sets: list[str], data: str | None = None, scale: str = "cpu") -> list:
+    """The overrides of scenario `name` at `scale`, checked (UsageError) before anything is written: the
+    parameters, the data (at paper scale the paper's dataset in its layout, `paper.check_dataset`)."""
+    module, _, overrides = light_params(name, sets, data, scale)
+    if scale == "paper":
+        paper.check_dataset(name, paper_of(module, name), data)
     if data is not None and not (scale == "paper" and data == paper.SYNTHETIC):
         from .. import data as _data
         _data.resolve(config.DataConfig(source=data))  # unknown or missing path -> UsageError
+    return overrides
+
+
+def resolve(name: str, sets: list[str], data: str | None = None, scale: str = "cpu"):
+    """(module, params) for scenario `name` at `scale` with `--set` overrides; UsageError on bad input.
+
+    The input is checked on the light module first (`check_light`), so bad input is reported without
+    loading torch.
+    """
+    overrides = check_light(name, sets, data, scale)
     module = SCENARIOS[name]
-    return module, config.apply_overrides(module.Params(), overrides, where)
+    return module, config.apply_overrides(module.Params(), overrides, f"scenario {name} --set")
 
 
 def run(name: str, sets: list[str] = (), data: str | None = None, out: str | None = None, scale: str = "cpu",
@@ -234,29 +246,42 @@ def run(name: str, sets: list[str] = (), data: str | None = None, out: str | Non
 
     In this process, except a training scenario at paper scale: its runs go through the training launcher
     (`launch`, default: every GPU here) and this process judges them (`paper_runs`).
-    """
-    module, params = resolve(name, list(sets), data, scale)
+
+    Before any work: the parameters and data (`check_light`), the options that do not apply, the output
+    folder (`outputs.check_dir`: a file in the way, below a file, read-only: exit 5) and, for a run in this
+    process, the memory its networks need (`common.check_memory`, the training check's lower bound: exit 2).
+    A write that fails later is one line, exit 5."""
     out = out or f"runs/scenario-{name}"
-    if scale == "paper" and paper.kind(module) == paper.TRAINING:
+    check_light(name, list(sets), data, scale)  # bad input first (exit 2), then the output folder (exit 5)
+    training = scale == "paper" and paper.kind(light(name)) == paper.TRAINING
+    if recipe_sets and not training:
+        raise UsageError(f"scenario {name}: --recipe-set applies to the training runs of a --scale paper plan; "
+                         f"{'this scenario runs in one process' if scale == 'paper' else 'use --set'}")
+    if not training and launch is not None and (launch.nproc_per_node not in ("auto", "1") or launch.multi_node):
+        raise UsageError(f"scenario {name} runs in one process at --scale {scale}: --nproc-per-node and --nnodes "
+                         f"apply to scenarios whose paper scale is a set of training runs")
+    outputs.check_dir(out)
+    module, params = resolve(name, list(sets), data, scale)
+    if training:
         from . import paper_runs
         return paper_runs.run(name, module, params, out, data, [config.parse_set(s) for s in recipe_sets],
                               launch or recipe_runs.LaunchOptions())
-    if recipe_sets:
-        raise UsageError(f"scenario {name}: --recipe-set applies to the training runs of a --scale paper plan; "
-                         f"{'this scenario runs in one process' if scale == 'paper' else 'use --set'}")
-    if launch is not None and (launch.nproc_per_node not in ("auto", "1") or launch.multi_node):
-        raise UsageError(f"scenario {name} runs in one process at --scale {scale}: --nproc-per-node and --nnodes "
-                         f"apply to scenarios whose paper scale is a set of training runs")
     from . import common
     ctx = common.Context(name, params, out, data, scale=scale, paper=getattr(module, "PAPER", None))
-    with common.torch_threads(params.threads):
-        return module.run(ctx, params)
+    common.check_memory(ctx, params)
+    try:
+        with common.torch_threads(params.threads):
+            return module.run(ctx, params)
+    except OSError as e:
+        where = f" ({readable(e.filename)})" if getattr(e, "filename", None) else ""
+        raise EnvError(f"scenario {name}: {outputs.cause(e)}{where}; its outputs in {readable(out)} are "
+                       "incomplete: fix it and rerun") from None
 
 
 def dry_run(name: str, sets: list[str], data: str | None, scale: str, recipe_sets: list[str],
             launch: "recipe_runs.LaunchOptions", timing: list[str]) -> str:
     """The plan of a scenario run (printed by --dry-run): nothing is run or written, torch is not imported."""
-    module, params = resolve(name, list(sets), data, scale, light_only=True)
+    module, params, _ = light_params(name, list(sets), data, scale)
     cpu_params = module.Params()
     pp = paper_of(module, name)
     world, note = paper.world_size(launch.nproc_per_node, launch.nodes(), pp.gpus)

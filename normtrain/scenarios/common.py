@@ -49,6 +49,7 @@ import math
 import shutil
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -75,6 +76,74 @@ class Params:
             raise ValueError(f"device: '{self.device}' is not one of: auto, cpu, cuda")
         if self.threads < 0:
             raise ValueError("threads: must be >= 0")
+        # Sizes every scenario shares, by name: far above any sensible setting, low enough that a typo
+        # (depth=100000000) is refused at once; what fits in memory is `check_memory`'s to say.
+        for name, (lo, hi) in SIZES.items():
+            value = getattr(self, name, None)
+            values = value if isinstance(value, list) else [value]
+            for v in values:  # integers only: a float of the same name is a factor (wn-small-net's width)
+                if isinstance(v, int) and not isinstance(v, bool) and not lo <= v <= hi:
+                    raise ValueError(f"{name}: {v} is out of range (must be >= {lo} and <= {hi})")
+        if hasattr(self, "seed") and not 0 <= self.seed < 2 ** 31:
+            raise ValueError(f"seed: {self.seed} is out of range (must be >= 0 and < 2^31)")
+
+    #: The network this scenario builds when it has no ``model`` parameter (for `networks`).
+    MODEL: typing.ClassVar[str] = ""
+
+    def networks(self) -> list[tuple]:
+        """(model, norm, model options, batch) of the networks the scenario trains, for `check_memory`.
+
+        Read from the parameters by name (model or MODEL; norm, methods; the builder's options such as
+        widths, depth, width; batch_size); a scenario whose networks differ says so by overriding it."""
+        model = getattr(self, "model", "") or self.MODEL
+        if not model or not isinstance(model, str):
+            return []
+        # One method stands for all: the network's shape, not the method, decides its memory.
+        methods = getattr(self, "methods", None) or [getattr(self, "norm", None) or "bn"]
+        method = "bn" if "bn" in methods else methods[0]
+        options = {k: getattr(self, k) for k in ("widths", "depth", "width")
+                   if isinstance(getattr(self, k, None), (int, list)) and not isinstance(getattr(self, k), bool)}
+        batch = max(getattr(self, "batch_size", 1), getattr(self, "probe_size", 1))
+        return [(model, method, options, batch)]
+
+
+#: Bounds of the size parameters that scenarios share (by name; a list is checked element by element).
+SIZES = {"batch_size": (1, 1 << 16), "probe_size": (1, 1 << 16), "steps": (1, 10_000_000), "seeds": (1, 1000),
+         "depth": (1, 1000), "width": (1, 1 << 16), "widths": (1, 1 << 16), "image_size": (0, 8192),
+         "num_classes": (1, 1_000_000), "record_every": (1, 10_000_000), "log_every": (1, 10_000_000),
+         "probe_every": (1, 10_000_000), "warmup": (0, 1_000_000), "random_draws": (1, 100_000),
+         "groups": (1, 1 << 16), "ghost_groups": (1, 1 << 16)}
+
+
+def check_memory(ctx: "Context", p: Params) -> None:
+    """UsageError (exit 2) when one of the scenario's networks (`Params.networks`) clearly cannot train
+    in the memory available on ctx.device: the training check's lower bound (normtrain/memory.py), on
+    the input shape of the scenario's data (its kind read from the --data name, as `synthetic_like`)."""
+    from .. import config, memory, models, norms
+    nets = p.networks()
+    if not nets:
+        return
+    like = config.DataConfig(source=ctx.data or "digits")
+    shaped = config.DataConfig(source="synthetic", image_size=getattr(p, "image_size", 0) or 0)
+    config.synthetic_like(shaped, like)
+    in_shape = tuple(shaped.synthetic_shape)
+    free = memory.available(ctx.device)
+    for model, norm, options, batch in nets:
+        if model not in models.NETWORKS or norm not in norms.METHODS:
+            continue  # the scenario's own checks name it
+        try:
+            opts = {k: v for k, v in options.items() if k in models.signature(model).parameters}
+            with torch.device("meta"):
+                bundle = norms.get(norm, groups=getattr(p, "groups", 32))
+                net = models.build(model, bundle, shaped.synthetic_classes, in_shape, init="default", **opts)
+                acts = memory.activation_bytes(net, torch.empty((batch,) + in_shape))
+        except Exception:  # noqa: BLE001 - not buildable or traceable so: the scenario's own run decides
+            continue
+        need = acts + 2 * sum(q.numel() * 4 for q in net.parameters())
+        if free is not None and need > free:
+            raise UsageError(f"scenario {ctx.name}: model {model} with norm {norm} at batch {batch} needs at least "
+                             f"{memory.gib(need)} but {memory.gib(free)} is available on {ctx.device.type}; "
+                             "lower batch_size or the network's size")
 
 
 def known(model: str | None = None, methods=()) -> None:

@@ -127,11 +127,16 @@ class Params(common.Params):
     threads: int = 1
     """CPU threads (small layers: 1 is fastest)."""
 
+    MODEL = "linear50"  # for common.check_memory (depth, width, batch_size)
+
     def check(self) -> None:
         super().check()
         if not self.methods or not self.lrs:
             raise ValueError("methods and lrs must not be empty")
         common.known(methods=self.methods)
+        missing = [m for m in ("wn", "bn", "none") if m not in self.methods]
+        if missing:
+            raise ValueError(f"methods: the verdict compares wn with bn and none; add {', '.join(missing)}")
         for lr in self.lrs:
             common.positive("lrs", lr)
         for k in ("steps", "batch_size", "depth", "width", "record_every", "norm_growth", "part_tol", "wide"):
