@@ -141,7 +141,7 @@ def parser(name: str | None = None) -> argparse.ArgumentParser:
     else:
         module = light(name)
         desc = (module.__doc__ or "").strip()
-        epilog = params_help(module, name) + "\n\n" + scale_help(module, name)
+        epilog = scale_help(module, name) + "\n\n" + params_help(module, name)  # ends with the example
     p = _Parser(prog=f"normtrain scenario {name or 'NAME'}", description=desc, epilog=epilog,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset path or built-in name (default: the scenario's built-in data; "
