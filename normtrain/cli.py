@@ -4,7 +4,7 @@
     normtrain list [all|recipes|norms|models|scenarios|data|keys]
     normtrain runs [DIR] [--csv]
     normtrain eval RUN_OR_CHECKPOINT [--split val|test] [--ema] [--data D]
-    normtrain scenario NAME [--data D] [--set key=value ...] [--out O]
+    normtrain scenario NAME [--data D] [--set key=value ...] [--out O] [--scale cpu|paper] [--dry-run]
     normtrain sweep --recipe R --norm a,b --set key=v1,v2 --seeds K
     normtrain doctor [--data PATH]      will it work here, and how fast (doctor.json)
 
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import batching, config, preflight
+from . import batching, config, preflight, recipe_runs
 from .preflight import validate
 from .errors import (EXIT_DIVERGED, EXIT_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER, EnvError,
                      UsageError, WorkerError)
@@ -38,6 +38,7 @@ examples:
   normtrain --recipe cifar10-nv --set optim.lr=0.02 --set train.epochs=2 --out runs/x
   normtrain list norms
   normtrain scenario linear50-wn
+  normtrain scenario ws-micro-batch --scale paper --dry-run       # the paper's runs, steps, batches per GPU
   normtrain runs runs/ --csv > runs.csv
   normtrain eval runs/cifar10-nv-bn --split test
 
@@ -70,6 +71,7 @@ def train_parser() -> argparse.ArgumentParser:
                 "other commands:\n"
                 "  normtrain list [all|recipes|norms|models|scenarios|data|keys]   (default all: every table but keys)\n"
                 "  normtrain scenario NAME [--data D] [--set k=v ...] [--out O]   (normtrain scenario NAME --help)\n"
+                "  normtrain scenario NAME --scale paper [--dry-run]              the paper's own experiment, or its plan\n"
                 "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)\n"
                 "  normtrain runs [DIR] [--csv]                                    the runs under DIR (default runs/)\n"
                 "  normtrain eval RUN_OR_CHECKPOINT [--split val|test] [--ema]     evaluate a saved run again (eval.json)\n"
@@ -80,13 +82,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume-changed", metavar="refuse|allow|KEYS",
                    help="what a resume may change in the experiment: refuse (default: stop with a diff), allow, "
                         "or a comma list of keys; shorthand for --set run.resume_changed=")
-    g = p.add_argument_group("distributed (torchrun options)")
-    g.add_argument("--nproc-per-node", default="1", metavar="N|auto", help="processes on this node: N or auto (= visible GPUs)")
-    g.add_argument("--nnodes", default="1", metavar="N|MIN:MAX", help="number of nodes, or MIN:MAX for elastic")
-    g.add_argument("--node-rank", type=int, default=0, metavar="K", help="rank of this node")
-    g.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="host:port of the rendezvous (multi-node)")
-    g.add_argument("--max-restarts", type=int, default=0, metavar="N", help="worker group restarts on failure")
-    g.add_argument("--rdzv-id", default="", metavar="ID", help="job id shared by all nodes (multi-node)")
+    recipe_runs.add_launch_args(p)  # the same options as the scenarios' --scale paper runs
     return p
 
 

@@ -42,20 +42,17 @@ import io
 import itertools
 import json
 import math
-import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import config, outputs
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EnvError, UsageError
+from .recipe_runs import RunInterrupted, finished, load_result, run_inprocess, run_subprocesses, value_text
 
 DEFAULT_OUT = "runs/sweep"
 
@@ -94,14 +91,6 @@ def parse_axis(item: str) -> tuple[str, list[Any]]:
     return key.strip(), values
 
 
-def value_text(v: Any) -> str:
-    """A value as YAML flow text (round-trips through parse_set)."""
-    if isinstance(v, str):
-        return v if config.parse_set(f"k={v}")[1] == v else json.dumps(v)
-    text = yaml.safe_dump(v, default_flow_style=True).strip()
-    return text[:-4].strip() if text.endswith("\n...") else text.replace("\n...", "").strip()
-
-
 def slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")
     return s or "x"
@@ -116,6 +105,7 @@ class RunSpec:
     out: Path = None
     config_label: str = ""               # configuration (all seeds): norm + varying values
     overrides: list = field(default_factory=list)
+    recipe_arg: str = ""                 # --recipe as given (a run's command line: recipe_runs.command)
 
 
 def build_grid(args) -> tuple[list[RunSpec], list[str]]:
@@ -155,82 +145,14 @@ def build_grid(args) -> tuple[list[RunSpec], list[str]]:
                     overrides.insert(0, ("data.source", args.data))
                 recipe = config.load(args.recipe, overrides)
                 check_names(recipe)
-                specs.append(RunSpec(norm, pairs, k, recipe, out / name, label, overrides))
+                specs.append(RunSpec(norm, pairs, k, recipe, out / name, label, overrides, args.recipe))
     # Every recipe loaded and every name known before the checks that build networks (and import torch).
     for s in specs:
         validate(s.recipe)
     return specs, varying
 
 
-# -- running ------------------------------------------------------------------------------------
-
-def finished(spec: RunSpec) -> dict | None:
-    """The saved results of this run if it finished (completed or diverged) with the same recipe."""
-    res_path, rec_path = spec.out / "results.json", spec.out / "recipe.yaml"
-    if not (res_path.is_file() and rec_path.is_file()):
-        return None
-    try:
-        res = json.loads(res_path.read_text())
-        saved, wanted = yaml.safe_load(rec_path.read_text()), yaml.safe_load(config.dump(spec.recipe))
-        for d in (saved, wanted):
-            for k in ("progress", "interval_s", "eval_lines"):  # display only
-                d.get("log", {}).pop(k, None)
-        same = saved == wanted
-    except (OSError, ValueError, AttributeError, TypeError, RecursionError, yaml.YAMLError):
-        return None
-    return res if same and isinstance(res, dict) and res.get("status") in ("completed", "diverged") else None
-
-
-class SweepInterrupted(Exception):
-    """A run of the sweep was stopped by SIGTERM/SIGINT: the sweep stops too (rerun to resume it)."""
-
-
-def run_inprocess(specs: list[RunSpec]) -> list[str]:
-    """Run one after another; a run that stops on bad input (e.g. a batch larger than the data) is skipped.
-
-    Each run handles SIGTERM/SIGINT itself (finishes its step, saves); the sweep then stops
-    instead of starting the next run.
-    """
-    from .engine import train
-    failures = []
-    for i, s in enumerate(specs):
-        print(f"[sweep {i + 1}/{len(specs)}] {s.out.name}", flush=True)
-        try:
-            res = train(s.recipe)
-        except UsageError as e:
-            print(f"normtrain sweep: run {s.out.name} skipped: {e}", file=sys.stderr, flush=True)
-            failures.append(s.out.name)
-            continue
-        if res["status"] == "interrupted":
-            raise SweepInterrupted(s.out.name)
-    return failures
-
-
-def run_subprocesses(specs: list[RunSpec], recipe_arg: str, gpus: int) -> list[str]:
-    """One run per GPU at a time, each a `python -m normtrain` subprocess pinned with CUDA_VISIBLE_DEVICES."""
-    queue = list(enumerate(specs))
-    running: dict[int, tuple[subprocess.Popen, RunSpec]] = {}
-    failures = []
-    while queue or running:
-        free = [g for g in range(gpus) if g not in running]
-        while free and queue:
-            g = free.pop(0)
-            i, s = queue.pop(0)
-            cmd = [sys.executable, "-m", "normtrain", "--recipe", recipe_arg]
-            for k, v in s.overrides:
-                cmd += ["--set", f"{k}={value_text(v)}"]
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(g))
-            print(f"[sweep {i + 1}/{len(specs)}] {s.out.name} on GPU {g}", flush=True)
-            running[g] = (subprocess.Popen(cmd, env=env), s)
-        time.sleep(0.5)
-        for g, (proc, s) in list(running.items()):
-            rc = proc.poll()
-            if rc is not None:
-                del running[g]
-                if rc not in (0, 3):  # 3 = diverged, a result
-                    failures.append(f"{s.out.name} (exit {rc})")
-    return failures
-
+# -- running: recipe_runs.finished / run_inprocess / run_subprocesses (shared with the scenarios) -----------
 
 # -- summary ------------------------------------------------------------------------------------
 
@@ -259,25 +181,12 @@ def pm(m: float | None, s: float | None, digits: int = 2) -> str:
     return "-" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def load_result(spec: RunSpec) -> dict | None:
-    """The run's results.json, or None if it has none or it cannot be read as one."""
-    p = spec.out / "results.json"
-    try:
-        res = json.loads(p.read_text()) if p.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(res, dict) or not isinstance(res.get("final", {}), dict) \
-            or not isinstance(res.get("timings", {}), dict):
-        return None
-    return res
-
-
 def summarize(specs: list[RunSpec]) -> list[dict]:
     rows, groups = [], {}
     for s in specs:
         groups.setdefault(s.config_label, []).append(s)
     for label, members in groups.items():
-        res = [load_result(s) for s in members]
+        res = [load_result(s.out) for s in members]
         done = [r for r in res if r]
         final = [r.get("final", {}) for r in done]
         tr = mean_std([f.get("train/top1") for f in final])
@@ -306,7 +215,7 @@ def write_runs_csv(out: Path, specs: list[RunSpec], keys: list[str]) -> None:
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for s in specs:
-        res = load_result(s) or {}
+        res = load_result(s.out) or {}
         f = res.get("final") or {}
         row = {"run": s.out.name, "config": s.config_label, "norm": s.norm, "seed": s.recipe.run.seed,
                "status": res.get("status", "missing"), "collapsed": collapsed(res), "steps": res.get("steps"),
@@ -427,7 +336,7 @@ def plot_curves(out: Path, specs: list[RunSpec], title: str = "sweep") -> None:
             every = max(1, len(ls) // 12)  # markers sparse enough to tell the seeds apart
             axes[0].plot(ls, lv, color=c, alpha=0.9, lw=1.6, markevery=every, ms=5, **style)
             axes[1].plot(es, ev, color=c, alpha=0.9, lw=1.6, ms=5, **style)
-            res = load_result(s) or {}
+            res = load_result(s.out) or {}
             if res.get("status") == "diverged":
                 any_diverged = True
                 finite = [(x, y) for x, y in zip(ls, lv) if math.isfinite(y)]
@@ -482,7 +391,7 @@ def plot_summary(out: Path, specs: list[RunSpec], rows: list[dict], title: str =
                             elinewidth=2.5, capsize=7, ecolor="0.2", zorder=3)
                 values += [r["test_top1_mean"] - r["test_top1_std"], r["test_top1_mean"] + r["test_top1_std"]]
             for s in specs:
-                res = load_result(s) if s.config_label == r["config"] else None
+                res = load_result(s.out) if s.config_label == r["config"] else None
                 top1 = ((res or {}).get("final") or {}).get("eval/top1")
                 if top1 is not None:
                     values.append(top1)
@@ -553,11 +462,11 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     interrupted = ""
     if gpus > 1 and len(todo) > 1:
-        failures = run_subprocesses(todo, args.recipe, gpus)
+        failures = run_subprocesses(todo, gpus)
     else:
         try:
             failures = run_inprocess(todo)
-        except SweepInterrupted as e:
+        except RunInterrupted as e:
             # Summarise what exists so far; rerunning the sweep reuses finished runs and resumes this one.
             failures, interrupted = [], str(e)
     keys = [k for k, _ in specs[0].values]

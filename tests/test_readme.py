@@ -70,8 +70,8 @@ def test_scenario_table_render_format():
     out = tool.render(verdicts, sums)
     rows = [l for l in out.splitlines() if l.startswith("| `")]
     assert len(rows) == 3
-    for row in rows:  # five columns, escaped pipes do not split a cell
-        assert len(re.split(r"(?<!\\)\|", row.strip())) == 7
+    for row in rows:  # six columns, escaped pipes do not split a cell
+        assert len(re.split(r"(?<!\\)\|", row.strip())) == 8
     assert "| reproduced | x = 1 |" in rows[0] and "| **inconclusive** | y = 2 (at `steps=5`) |" in rows[1]
     assert "not run yet" in rows[2]
     assert "[b-extra](docs/scenarios/b-extra.png)" in out

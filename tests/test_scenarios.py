@@ -731,7 +731,7 @@ def test_dyt_tanh_shape_verdict_states():
 
 def test_dyt_tanh_shape_paper_plan_is_data():
     p = dyt_tanh_shape.PAPER
-    assert set(p) >= {"where", "dataset", "gpus", "params", "recipes", "paper_values"}
     from normtrain import models
-    assert p["params"]["model"] in models.names() and set(p["params"]) <= set(vars(dyt_tanh_shape.Params()))
-    json.dumps(p)
+    assert p.dataset == "imagenet" and p.recipes == ("deit-b-imagenet",)
+    assert p.params["model"] in models.names() and set(p.params) <= set(vars(dyt_tanh_shape.Params()))
+    json.dumps({k: v.as_dict() for k, v in p.values.items()})

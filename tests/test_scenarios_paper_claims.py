@@ -1,7 +1,7 @@
 """Scenarios ws-hessian, ws-micro-batch, ghost-ranking, wn-small-net, trelu-wn-instability, residual-scalings:
 each verdict in every state it can reach, on constructed inputs, and the pieces they measure with
 (Hessian identities, gradient accumulation, SPP shapes, plateau with noise, block norms). Their end-to-end
-runs, at their defaults, are in test_scenario_rerun.py (compared with docs/scenarios/verdicts.json)."""
+runs, at their defaults, are in test_scenario_rerun.py (compared with docs/scenarios/verdicts.json); their PAPER plans in test_scale.py."""
 import math
 
 import pytest
@@ -12,24 +12,6 @@ from normtrain.scenarios import (common, ghost_ranking, measures, residual_scali
                                  wn_small_net, ws_hessian, ws_micro_batch)
 
 R, N, I = common.REPRODUCED, common.NOT_REPRODUCED, common.INCONCLUSIVE
-MODULES = (ws_hessian, ws_micro_batch, ghost_ranking, wn_small_net, trelu_wn_instability, residual_scalings)
-
-
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
-def test_paper_plan_is_data_naming_real_parameters(module):
-    """PAPER (for --scale paper) overrides only real Params fields, with values that pass Params.check,
-    and names the recipes that exist; every paper value says where it comes from."""
-    import dataclasses
-
-    from normtrain import config
-    plan = module.PAPER
-    assert plan["where"] and plan["dataset"] in (None, "imagenet", "cifar10", "cifar100", "mnist")
-    fields = {f.name for f in dataclasses.fields(module.Params)}
-    assert set(plan["params"]) <= fields, set(plan["params"]) - fields
-    dataclasses.replace(module.Params(), **plan["params"]).check()
-    for r in plan["recipes"]:
-        config.load(r)
-    assert all(v["where"] for v in plan["paper_values"].values())
 
 
 def states(v):

@@ -117,7 +117,7 @@ def test_subprocess_runner(tmp_path):
                                                                          "log.tensorboard=false"],
                               seeds=1, out=str(tmp_path / "sw"), data=None)
     specs, _ = sweep.build_grid(args)
-    assert sweep.run_subprocesses(specs, "digits-mlp", gpus=2) == []
+    assert sweep.run_subprocesses(specs, gpus=2) == []
     for s in specs:
         res = json.loads((s.out / "results.json").read_text())
         assert res["status"] == "completed" and res["steps"] == 2 and res["norm"] == s.norm

@@ -132,15 +132,57 @@ def _state_cell(state: str) -> str:
     return state if state == "reproduced" else f"**{state}**"
 
 
-def render(verdicts: dict, summaries: dict) -> str:
-    """The markdown between the markers: one table row per scenario, in `summaries` order, then plot links."""
-    lines = ["| scenario | what it checks | state | headline at default size | CPU time (wall) |",
-             "|---|---|---|---|---|"]
+def _count(n: float) -> str:
+    """12,345 -> '12k', 691,752,960 -> '692M'."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def paper_cell(name: str) -> str:
+    """The 'at the paper's size' cell of a scenario: its --scale paper command, what it runs (runs, optimizer
+    steps and images on the paper's GPU count, from `normtrain.scenarios.paper.plan`; or one process) and the
+    GPU-hours (unknown until a GPU step time is measured: the footnote)."""
+    from normtrain import config, scenarios
+    from normtrain.scenarios import paper
+    if name not in scenarios.names():
+        return ""
+    module = scenarios.light(name)
+    pp = getattr(module, "PAPER", None)
+    if pp is None:
+        return "-"
+    data = paper.DATASETS[pp.dataset].title if pp.dataset else "generated inputs"
+    if paper.kind(module) == paper.TRAINING:
+        params = config.apply_overrides(module.Params(), list(pp.params.items()), f"{name} PAPER")
+        plans = paper.plan(module.paper_runs(params), pp.gpus, pp.dataset)
+        ok = [q for q in plans if not q.error]
+        bad = f" ({len(plans) - len(ok)} of them do not split on {pp.gpus} GPUs)" if len(ok) < len(plans) else ""
+        work = (f"{len(plans)} runs of {', '.join(pp.recipes)} on {data}, {pp.gpus} GPU(s): "
+                f"{_count(sum(q.steps for q in ok))} steps, {_count(sum(q.images for q in ok))} images{bad}; "
+                f"GPU-h: unknown*")
+    else:
+        work = f"one process on one GPU, {data}; GPU-h: not estimated*"
+    return f"`{paper.paper_command(name, pp, module)}`: {work}"
+
+
+FOOTNOTE = ("\\* GPU-hours need a training-step time measured on a GPU, and none is measured in this repository yet: "
+            "`normtrain scenario NAME --scale paper --dry-run --timing doctor.json` (or a `tools/bench.py --json` "
+            "file) prints them per run; analysis scenarios run in one process and are not estimated.")
+
+
+def render(verdicts: dict, summaries: dict, paper_cells: dict | None = None) -> str:
+    """The markdown between the markers: one table row per scenario, in `summaries` order, then plot links.
+    `paper_cells` (default: `paper_cell` of each name) fill the last column, the paper-scale command and size."""
+    cells = paper_cells if paper_cells is not None else {n: paper_cell(n) for n in summaries}
+    lines = ["| scenario | what it checks | state | headline at default size | CPU time (wall) | at the paper's size |",
+             "|---|---|---|---|---|---|"]
     links = []
     for name, summary in summaries.items():
         e = verdicts.get(name)
+        big = _cell(cells.get(name, ""))
         if e is None:
-            lines.append(f"| `{name}` | {_cell(summary)} | not run yet | | |")
+            lines.append(f"| `{name}` | {_cell(summary)} | not run yet | | | {big} |")
             continue
         extra = ""
         if e["non_default_params"]:
@@ -150,9 +192,9 @@ def render(verdicts: dict, summaries: dict) -> str:
             cpu = f"{e['cpu_s']:.0f} s " if e.get("cpu_s") is not None else ""
             runtime = f"{cpu}({e['runtime_s']:.0f} s wall, {e['device']})"
         lines.append(f"| `{name}` | {_cell(summary)} | {_state_cell(state_of(e))} | {_cell(e['headline'])}{extra} | "
-                     f"{runtime} |")
+                     f"{runtime} | {big} |")
         links += [f"[{Path(p).stem}]({p})" for p in e["plots"]]
-    return "\n".join(lines) + "\n\nPlots: " + ", ".join(links) + "."
+    return "\n".join(lines) + "\n\n" + FOOTNOTE + "\n\nPlots: " + ", ".join(links) + "."
 
 
 def summaries() -> dict:

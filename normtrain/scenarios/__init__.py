@@ -2,6 +2,17 @@
 
     normtrain scenario NAME [--data PATH] [--set key=value ...] [--out DIR]
     normtrain scenario NAME --help          # its parameters, defaults and docs
+    normtrain scenario NAME --scale paper --data PATH [--nproc-per-node N ...]   # the paper's own size
+    normtrain scenario NAME --scale paper --dry-run   # its plan: runs, steps, batches, GPU-hours
+
+``--scale cpu`` (the default) is a size that runs in about a minute on one CPU core;
+``--scale paper`` applies the module's ``PAPER`` (`paper.Paper`: the paper's network,
+dataset, batches, epochs, seeds) to its parameters (a ``--set`` still wins). A scenario
+whose paper experiment is a set of training runs (``paper_runs``) starts them through the
+training launcher, one run folder each under <out>/runs/, reused once finished
+(`paper_runs`); the others run in this process with the larger parameters. The dataset
+is checked up front (`paper.check_dataset`). results.json records the scale, and each
+verdict part the paper's value beside ours (``paper_value``).
 
 Each writes <out>/results.json (scenario, params, measurements, verdict: a
 state and its parts, each the paper's sentence or a control we add, see
@@ -12,7 +23,7 @@ reproduce the paper is a result, not an error: the exit code is 0 either way
 
 Adding a scenario: one module here with a docstring, ``Params`` (a dataclass
 deriving from `common.Params`), ``USES_DATA`` and ``run(ctx, params)``, and one
-line ``"name": "module"`` in ``SCENARIOS``. See `common` for the contract.
+line ``"name": "module"`` in ``SCENARIOS``, and its ``PAPER``. See `common` for the contract.
 ``--help`` and the checks of ``--set`` read the module's docstring and Params
 without importing torch (`normtrain.static.light`): keep Params free of torch
 at definition time (defaults and types from the standard library).
@@ -22,10 +33,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 
-from .. import config, outputs, static
-from ..errors import EnvError, UsageError, readable
+from .. import config, outputs, recipe_runs, static
+from ..errors import EXIT_INTERRUPTED, EnvError, UsageError, readable
 from ..registry import Registry
+from . import paper
 
 # name -> module in this folder, imported on first use (the scenarios import torch).
 SCENARIOS = Registry("scenario", {
@@ -128,56 +141,133 @@ def parser(name: str | None = None) -> argparse.ArgumentParser:
     else:
         module = light(name)
         desc = (module.__doc__ or "").strip()
-        epilog = params_help(module, name)
+        epilog = scale_help(module, name) + "\n\n" + params_help(module, name)  # ends with the example
     p = _Parser(prog=f"normtrain scenario {name or 'NAME'}", description=desc, epilog=epilog,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="dataset path or built-in name (default: the scenario's built-in data)")
+    p.add_argument("--data", help="dataset path or built-in name (default: the scenario's built-in data; "
+                                  "--scale paper: the paper's dataset, see below)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario parameter (repeatable; see the list below)")
     p.add_argument("--out", help="output directory (default: runs/scenario-NAME)")
+    p.add_argument("--scale", choices=paper.SCALES, default="cpu",
+                   help="cpu (default): a size that runs in about a minute on one CPU core; paper: the paper's own "
+                        "experiment (its network, dataset, batches, epochs and seeds; see below)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (runs, steps, batch per process, GPU-hours where a step time is measured) "
+                        "and exit; nothing is run or written")
+    p.add_argument("--timing", action="append", default=[], metavar="FILE",
+                   help="doctor.json or tools/bench.py --json file with step times measured on a GPU, for the "
+                        "plan's GPU-hours (default: ./doctor.json if present)")
+    p.add_argument("--recipe-set", dest="recipe_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="--scale paper training runs: a recipe override for every run (e.g. data.workers=16, "
+                        "train.max_steps=100 for a trial)")
+    recipe_runs.add_launch_args(p, nproc_default="auto")
     return p
 
 
-def resolve(name: str, sets: list[str], data: str | None = None):
-    """(module, params) for scenario `name` with `--set` overrides; UsageError on bad input.
+def scale_help(module, name: str) -> str:
+    """What --scale paper means for this scenario (its --help): the paper's experiment, data, and plan kind."""
+    pp = getattr(module, "PAPER", None)
+    if pp is None:
+        return "--scale paper: not available for this scenario."
+    lines = [f"--scale paper: {pp.where}; the paper used {pp.gpus} GPU(s)."]
+    if pp.params:
+        lines.append("  parameters at paper scale: " + ", ".join(f"{k}={v!r}" for k, v in pp.params.items()))
+    lines.append("  dataset: " + (paper.needs(pp) + " (--data PATH; checked before anything starts)" if pp.dataset
+                                  else "none (generated inputs)"))
+    if paper.kind(module) == paper.TRAINING:
+        lines.append("  runs: full training runs of " + ", ".join(pp.recipes) + ", each a run folder under "
+                     "<out>/runs/ started through the training launcher (--nproc-per-node auto: every GPU here; "
+                     "--nnodes/--node-rank/--rdzv-endpoint for several nodes, the command run on each node with "
+                     "<out> on a shared filesystem); a finished run is reused, an interrupted one resumes")
+    else:
+        lines.append("  runs: in this process, on one GPU")
+    lines.append(f"  plan: {paper.paper_command(name, pp, module)} --dry-run")
+    return "\n".join(lines)
 
-    The input is checked on the light module first, so bad input is reported without loading torch.
-    """
-    overrides = check_light(name, sets, data)
-    module = SCENARIOS[name]
-    return module, config.apply_overrides(module.Params(), overrides, f"scenario {name} --set")
+
+def paper_of(module, name: str):
+    """The module's `paper.Paper`, or UsageError when the scenario has no paper scale."""
+    pp = getattr(module, "PAPER", None)
+    if pp is None:
+        raise UsageError(f"scenario {name} has no --scale paper")
+    return pp
 
 
-def check_light(name: str, sets: list[str], data: str | None = None) -> list:
-    """The `--set` overrides of scenario `name`, checked as far as possible without torch (UsageError)."""
+def light_params(name: str, sets: list[str], data: str | None = None, scale: str = "cpu"):
+    """(module, params, overrides) of scenario `name` at `scale`, checked without torch where the module's
+    light reading allows (`light`; the real module otherwise). At paper scale the module's PAPER.params come
+    first and the `--set` overrides win, and a given `data` is checked against the paper's dataset."""
     overrides = [config.parse_set(s) for s in sets]
+    where = f"scenario {name} --set"
     module = light(name)
+    if scale == "paper":
+        overrides = list(paper_of(module, name).params.items()) + overrides
     try:
-        config.apply_overrides(module.Params(), overrides, f"scenario {name} --set")
+        params = config.apply_overrides(module.Params(), overrides, where)
     except UsageError:
         raise
     except Exception:  # noqa: BLE001 - a check() that needs a left-out name: the real module checks it
-        pass
-    if data is not None:
-        if not module.USES_DATA:
-            raise UsageError(f"scenario {name} takes no --data (it uses generated inputs)")
+        module = SCENARIOS[name]
+        params = config.apply_overrides(module.Params(), overrides, where)
+    if data is not None and not module.USES_DATA:
+        raise UsageError(f"scenario {name} takes no --data (it uses generated inputs)")
+    if scale == "paper" and data is not None:
+        paper.check_dataset(name, paper_of(module, name), data)
+    return module, params, overrides
+
+
+def check_light(name: str, sets: list[str], data: str | None = None, scale: str = "cpu") -> list:
+    """The overrides of scenario `name` at `scale`, checked (UsageError) before anything is written: the
+    parameters, the data (at paper scale the paper's dataset in its layout, `paper.check_dataset`)."""
+    module, _, overrides = light_params(name, sets, data, scale)
+    if scale == "paper":
+        paper.check_dataset(name, paper_of(module, name), data)
+    if data is not None and not (scale == "paper" and data == paper.SYNTHETIC):
         from .. import data as _data
         _data.resolve(config.DataConfig(source=data))  # unknown or missing path -> UsageError
     return overrides
 
 
-def run(name: str, sets: list[str] = (), data: str | None = None, out: str | None = None) -> dict:
-    """Run scenario `name` in this process and return its results dict (also written to <out>/results.json).
+def resolve(name: str, sets: list[str], data: str | None = None, scale: str = "cpu"):
+    """(module, params) for scenario `name` at `scale` with `--set` overrides; UsageError on bad input.
 
-    Before any work: the parameters (`resolve`), the output folder (`outputs.check_dir`: a file in
-    the way, below a file, read-only: exit 5) and the memory its networks need (`common.check_memory`,
-    the training check's lower bound: exit 2). A write that fails later is one line, exit 5."""
+    The input is checked on the light module first (`check_light`), so bad input is reported without
+    loading torch.
+    """
+    overrides = check_light(name, sets, data, scale)
+    module = SCENARIOS[name]
+    return module, config.apply_overrides(module.Params(), overrides, f"scenario {name} --set")
+
+
+def run(name: str, sets: list[str] = (), data: str | None = None, out: str | None = None, scale: str = "cpu",
+        recipe_sets: list[str] = (), launch: "recipe_runs.LaunchOptions | None" = None) -> dict:
+    """Run scenario `name` and return its results dict (also written to <out>/results.json).
+
+    In this process, except a training scenario at paper scale: its runs go through the training launcher
+    (`launch`, default: every GPU here) and this process judges them (`paper_runs`).
+
+    Before any work: the parameters and data (`check_light`), the options that do not apply, the output
+    folder (`outputs.check_dir`: a file in the way, below a file, read-only: exit 5) and, for a run in this
+    process, the memory its networks need (`common.check_memory`, the training check's lower bound: exit 2).
+    A write that fails later is one line, exit 5."""
     out = out or f"runs/scenario-{name}"
-    check_light(name, list(sets), data)  # bad input first (exit 2), then the output folder (exit 5)
+    check_light(name, list(sets), data, scale)  # bad input first (exit 2), then the output folder (exit 5)
+    training = scale == "paper" and paper.kind(light(name)) == paper.TRAINING
+    if recipe_sets and not training:
+        raise UsageError(f"scenario {name}: --recipe-set applies to the training runs of a --scale paper plan; "
+                         f"{'this scenario runs in one process' if scale == 'paper' else 'use --set'}")
+    if not training and launch is not None and (launch.nproc_per_node not in ("auto", "1") or launch.multi_node):
+        raise UsageError(f"scenario {name} runs in one process at --scale {scale}: --nproc-per-node and --nnodes "
+                         f"apply to scenarios whose paper scale is a set of training runs")
     outputs.check_dir(out)
-    module, params = resolve(name, list(sets), data)
+    module, params = resolve(name, list(sets), data, scale)
+    if training:
+        from . import paper_runs
+        return paper_runs.run(name, module, params, out, data, [config.parse_set(s) for s in recipe_sets],
+                              launch or recipe_runs.LaunchOptions())
     from . import common
-    ctx = common.Context(name, params, out, data)
+    ctx = common.Context(name, params, out, data, scale=scale, paper=getattr(module, "PAPER", None))
     common.check_memory(ctx, params)
     try:
         with common.torch_threads(params.threads):
@@ -186,6 +276,25 @@ def run(name: str, sets: list[str] = (), data: str | None = None, out: str | Non
         where = f" ({readable(e.filename)})" if getattr(e, "filename", None) else ""
         raise EnvError(f"scenario {name}: {outputs.cause(e)}{where}; its outputs in {readable(out)} are "
                        "incomplete: fix it and rerun") from None
+
+
+def dry_run(name: str, sets: list[str], data: str | None, scale: str, recipe_sets: list[str],
+            launch: "recipe_runs.LaunchOptions", timing: list[str]) -> str:
+    """The plan of a scenario run (printed by --dry-run): nothing is run or written, torch is not imported."""
+    module, params, _ = light_params(name, list(sets), data, scale)
+    cpu_params = module.Params()
+    pp = paper_of(module, name)
+    world, note = paper.world_size(launch.nproc_per_node, launch.nodes(), pp.gpus)
+    plans, sources = None, []
+    if scale == "paper" and paper.kind(module) == paper.TRAINING:
+        files = [Path(t) for t in timing] or paper.default_timing_files()
+        sources = [str(f) for f in files]
+        rows = paper.timing_rows(files)
+        plans = paper.plan(module.paper_runs(params), world, pp.dataset, data,
+                           [config.parse_set(s) for s in recipe_sets], rows)
+    cmd = paper.paper_command(name, pp, module) if scale == "paper" else f"normtrain scenario {name}"
+    return paper.describe(name, module, pp, params, cpu_params, scale=scale, data=data, world=world,
+                          world_note=note, plans=plans, timing_sources=sources, command=cmd)
 
 
 def main(argv: list[str]) -> int:
@@ -197,5 +306,15 @@ def main(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
     SCENARIOS.require(name)  # unknown name -> UsageError listing the scenarios
     args = parser(name).parse_args(rest)
-    run(name, args.sets, args.data, args.out)
+    launch = recipe_runs.launch_options(args)
+    if args.dry_run:
+        print(dry_run(name, args.sets, args.data, args.scale, args.recipe_sets, launch, args.timing))
+        return 0
+    try:
+        run(name, args.sets, args.data, args.out, args.scale, args.recipe_sets, launch)
+    except recipe_runs.RunInterrupted as e:
+        import sys
+        print(f"normtrain scenario {name}: interrupted during run {e}; its checkpoint is saved: rerun the same "
+              f"command to resume (finished runs are reused)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from .. import models, norms
 from . import common
+from .paper import Paper, Value
 
 USES_DATA = False
 #: The headline numbers are timings: they change from run to run (the rerun test compares states only).
@@ -58,6 +59,19 @@ CLAIM = ("Batch normalization takes about 1/4 of the training step time of ResNe
 
 SCOPE = "normtrain::norm"
 STEP = "normtrain::step"
+
+
+#: The paper's own measurement, for `--scale paper` (`paper.Paper`): a ResNet-50 training step on a GPU.
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §1, Fig. 1 (ResNet-50 on ImageNet, Titan X Pascal; courtesy M. Milakov)",
+    dataset=None,
+    gpus=1,
+    params={"model": "resnet50", "image_size": 224, "batch_size": 64, "num_classes": 1000, "device": "cuda",
+            "warmup": 5, "steps": 20},
+    values={"bn-quarter": Value(0.25, "share of the training time spent in BN (\"about 1/4\")", "Fig. 1, §1")},
+    note="the figure states no batch: 64 images, the paper's per-GPU batch (footnote 4); a GPU claim, so the paper "
+         "scale needs a GPU (device=cuda)",
+)
 
 
 @dataclass

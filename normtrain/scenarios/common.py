@@ -457,11 +457,14 @@ def torch_threads(n: int):
 class Context:
     """One scenario run: where outputs go, the device, progress bars, plots, TensorBoard."""
 
-    def __init__(self, name: str, params: Params, out: str | Path, data: str | None = None):
+    def __init__(self, name: str, params: Params, out: str | Path, data: str | None = None, scale: str = "cpu",
+                 paper=None):
         self.name = name
         self.params = params
         self.out = Path(out)
         self.data = data
+        self.scale = scale      # 'cpu' or 'paper' (recorded in results.json)
+        self.paper = paper      # the module's PAPER: its reported values go beside ours (paper_value)
         self.figures: list[str] = []
         self._tb = None
         self._prepared = False
@@ -538,8 +541,10 @@ class Context:
     # -- the end ----------------------------------------------------------------------------
     def finish(self, measurements: dict, verdict: dict, summary: str = "") -> dict:
         """Write results.json, close TensorBoard, print `summary` (a table) and the verdict."""
+        add_paper_values(verdict, self.paper)
         res = {
             "scenario": self.name,
+            "scale": self.scale,
             "params": dataclasses.asdict(self.params),
             "data": self.data,
             "device": str(self.device),
@@ -559,10 +564,32 @@ class Context:
         for q in verdict.get("parts", []):
             lines.append(f"  [{q['source']}] {q['name']}: {q['state'].upper()} - {q['measured']}"
                          f"  (criterion: {q['criterion']})")
+            if q.get("paper_value"):
+                lines.append(f"      paper | ours: {paper_text(q['paper_value'])} | {q['measured']}")
         lines.append(f"verdict:   {state_label(verdict)}: {verdict.get('headline', '')}"
                      f"  ({res['runtime_s']:.1f}s, {self.out})")
         print("\n".join(lines), flush=True)
         return res
+
+
+def add_paper_values(verdict: dict, paper) -> None:
+    """Give each part the paper's number for it (PAPER.values[part name]) where the scenario set none; the
+    paper parts get the whole claim's value when the paper reports one under 'claim'."""
+    if paper is None:
+        return
+    for q in verdict.get("parts", []):
+        if q.get("paper_value") is None:
+            v = paper.values.get(q["name"]) or (paper.values.get("claim") if q["source"] == "paper" else None)
+            if v is not None:
+                q["paper_value"] = v.as_dict()
+
+
+def paper_text(v: dict) -> str:
+    """A part's paper_value as 'value unit (where)'."""
+    val = v.get("value")
+    if isinstance(val, dict):
+        val = ", ".join(f"{k} {x}" for k, x in val.items())
+    return f"{val} {v.get('unit', '')} ({v.get('where', '')})".replace("  ", " ")
 
 
 # -- data -------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .. import dist, models, norms
 from . import common
+from .paper import Paper
 
 USES_DATA = True
 
@@ -50,6 +51,18 @@ CLAIM = ("Direct GhostNorm with G_M groups, BatchNorm under gradient accumulatio
 
 IMPLEMENTATIONS = ("ghost", "accumulation", "ddp", "bn")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+#: A paper-sized version, for `--scale paper` (`paper.Paper`): the paper's MNIST SimpleNet at its batch of 512
+#: split over G_M = 8 (its 8 GPUs), in one process (the multi-GPU arm spawns 8 processes).
+PAPER = Paper(
+    where="Dimitriou & Arandjelović 2020 §2.3, Figure 3 (the three implementations; no size given)",
+    dataset="mnist",
+    gpus=8,
+    params={"widths": [512, 300], "ghost_groups": 8, "batch_size": 512},
+    note="the paper states the equivalence without an experiment: SimpleNet (§3.1) at batch 512, G_M = 8 as its 8 "
+         "GPUs of 64 images",
+)
 
 
 @dataclass
@@ -92,8 +105,8 @@ class Params(common.Params):
             common.positive(k, getattr(self, k))
         if not 0 <= self.momentum < 1:
             raise ValueError("momentum: must be in [0, 1)")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: '{self.dtype}' is not one of: {', '.join(DTYPES)}")
+        if self.dtype not in ("float64", "float32"):  # the keys of DTYPES, named without torch (--dry-run)
+            raise ValueError(f"dtype: '{self.dtype}' is not one of: float64, float32")
         common.positive("image_size", self.image_size, allow_zero=True)
 
 

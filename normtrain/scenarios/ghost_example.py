@@ -29,6 +29,7 @@ import torch
 
 from .. import norms
 from . import common
+from .paper import Paper, Value
 
 USES_DATA = False
 
@@ -39,6 +40,18 @@ PAPER_GHOST = ["0.6", "0.9", "0.2", "-1.7", "1.5", "-0.2", "-0.07", "-1.2"]
 CLAIM = ("For X = (35, 39, 30, 4, 38, 26, 27, 19), BatchNorm gives (0.7, 1.1, 0.3, -2.2, 1.0, -0.1, -0.02, -0.8) "
          "and keeps the ranking order, while GhostNorm with G_M = 2 gives (0.6, 0.9, 0.2, -1.7, 1.5, -0.2, -0.07, "
          "-1.2), making the 2nd value smaller than the 5th (Dimitriou & Arandjelović 2020 §2.2).")
+
+
+#: The paper's example is its own size: `--scale paper` runs it as it is.
+PAPER = Paper(
+    where="Dimitriou & Arandjelović 2020 §2.2 (the worked example)",
+    dataset=None,
+    gpus=1,
+    params={},
+    values={"batchnorm": Value(dict(zip(map(str, X), PAPER_BN)), "BatchNorm output per input value", "§2.2"),
+            "ghostnorm": Value(dict(zip(map(str, X), PAPER_GHOST)), "GhostNorm (G_M = 2) output per input value",
+                               "§2.2")},
+)
 
 
 @dataclass

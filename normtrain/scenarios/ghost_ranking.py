@@ -43,33 +43,35 @@ import torch
 from .. import models, norms
 from . import common
 from .measures import settled
+from .paper import Paper, Run, Value
 
 USES_DATA = True
 
 CLAIM = ("Test accuracy: SeqNorm > GhostNorm > BatchNorm, and GhostNorm improves on BatchNorm for G_M = 2, 4 and 8 "
          "chunks of a 64-image batch (Dimitriou & Arandjelović 2020 §3.2, Tables 1-2).")
 
-#: The paper's own experiment, for `--scale paper` (data only; wired by the scale machinery).
-PAPER = {
-    "where": "Dimitriou & Arandjelović 2020 §3.2, Tables 1-2",
-    "dataset": "cifar100",
-    "gpus": 8,
-    "params": {"model": "wrn28-10", "batch_size": 512, "epochs": 200, "lr": 0.4, "weight_decay": 5.0e-4,
-               "ghost_batches": [32, 16, 8, 4], "seq_groups": 4, "seq_ghost_batch": 8, "seeds": 2},
-    "recipes": ["wrn28-10-cifar100"],
-    "runs": {"bn": "wrn28-10-cifar100 --norm ghost --set norm.ghost_batch=64 (BN over each GPU's 64 images)",
-             "ghost G_M": "wrn28-10-cifar100 --norm ghost --set norm.ghost_batch=64/G_M",
-             "seqnorm": "wrn28-10-cifar100 --norm seqnorm (G_C 4, 8 samples per chunk)"},
-    "paper_values": {
-        "ghost vs bn": {"value": {"ghost G_M=8": 82.8, "bn": 82.1}, "unit": "test top-1 %",
-                        "where": "Table 1 (CIFAR-100; CIFAR-10, Table 2: 97.3 with G_M = 4 vs 97.1)"},
-        "seqnorm vs ghost": {"value": {"seqnorm G_C=4 G_M=8": 83.8, "ghost G_M=8": 82.8}, "unit": "test top-1 %",
-                             "where": "Table 1 (CIFAR-10, Table 2: 97.4 vs 97.3)"},
-        "seqnorm vs bn": {"value": {"seqnorm": 83.8, "bn": 82.1}, "unit": "test top-1 %", "where": "Table 1"},
-        "G_M sweep": {"value": {"bn": 80.6, "G_M=2": 80.9, "G_M=4": 81.2, "G_M=8": 81.4, "G_M=16": 80.3},
-                      "unit": "validation top-1 %", "where": "Table 1"},
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): WRN-28-10 on CIFAR-100 through the
+#: wrn28-10-cifar100 recipe (batch 512, 64 per GPU on 8 GPUs), one run per arm and seed (`paper_runs`).
+PAPER = Paper(
+    where="Dimitriou & Arandjelović 2020 §3.2, Tables 1-2",
+    dataset="cifar100",
+    gpus=8,
+    # batch_size stays the BN statistics' 64 (the paper's per-GPU batch); the runs' global batch is the recipe's 512.
+    params={"model": "wrn28-10", "batch_size": 64, "epochs": 200.0, "lr": 0.4, "weight_decay": 5.0e-4,
+            "ghost_batches": [32, 16, 8, 4], "seq_groups": 4, "seq_ghost_batch": 8, "seeds": 2},
+    recipes=("wrn28-10-cifar100",),
+    values={
+        "ghost vs bn": Value({"ghost G_M=8": 82.8, "bn": 82.1}, "test top-1 %",
+                             "Table 1 (CIFAR-100; CIFAR-10, Table 2: 97.3 with G_M = 4 vs 97.1)"),
+        "seqnorm vs ghost": Value({"seqnorm G_C=4 G_M=8": 83.8, "ghost G_M=8": 82.8}, "test top-1 %",
+                                  "Table 1 (CIFAR-10, Table 2: 97.4 vs 97.3)"),
+        "seqnorm vs bn": Value({"seqnorm": 83.8, "bn": 82.1}, "test top-1 %", "Table 1"),
+        "G_M sweep": Value({"bn": 80.6, "G_M=2": 80.9, "G_M=4": 81.2, "G_M=8": 81.4, "G_M=16": 80.3},
+                           "validation top-1 %", "Table 1"),
     },
-}
+    note="each arm normalizes over chunks of a fixed number of samples whatever the GPU count (bn: GhostNorm with "
+         "chunks of batch_size = 64, the paper's per-GPU BatchNorm); both tables average two runs",
+)
 
 
 @dataclass
@@ -150,7 +152,7 @@ def verdict(top1: dict, curves: dict, bn: str, ghost: str, seq: str, sweep: list
     arms of parts 1-3; sweep: the GhostNorm arms of part 4 (chunks of >= 8 samples)."""
     crit = (f"test top-1 gap over the seeds at >= 2 standard errors and >= {min_effect:.2g} points (else "
             f"inconclusive), after the training loss plateaued")
-    pv = PAPER["paper_values"]
+    pv = {k: x.as_dict() for k, x in PAPER.values.items()}
     if any(not top1.get(a) for a in [bn, ghost, seq] + list(sweep)):
         return common.verdict_of(CLAIM, [common.part("ghost vs bn", "GhostNorm beats BN", "paper",
                                                      common.INCONCLUSIVE, "missing runs", crit)], "no result")
@@ -195,6 +197,46 @@ def verdict(top1: dict, curves: dict, bn: str, ghost: str, seq: str, sweep: list
         headline += (f" (gaps under {min_effect:.2g} points are not resolved here; the paper's 0.2-1.7 point gaps "
                      f"need its 10,000-image CIFAR test sets)")
     return common.verdict_of(CLAIM, parts, headline)
+
+
+# -- the paper's size: training runs of the wrn28-10-cifar100 recipe ----------------------------------------
+
+def paper_arms(p: Params) -> list[tuple[str, str, tuple]]:
+    """(arm, method, norm sets) at paper scale: each normalizes over a fixed number of samples per chunk, so the
+    arms mean the same on any number of GPUs (bn: chunks of batch_size, the paper's per-GPU BatchNorm)."""
+    out = [("bn", "ghost", (("norm.ghost_batch", p.batch_size),))]
+    out += [(ghost_name(p, b), "ghost", (("norm.ghost_batch", b),)) for b in p.ghost_batches]
+    out.append((f"seqnorm G_C={p.seq_groups},G_M={p.batch_size // p.seq_ghost_batch}", "seqnorm",
+                (("norm.groups", p.seq_groups), ("norm.ghost_batch", p.seq_ghost_batch))))
+    return out
+
+
+def paper_runs(p: Params) -> list[Run]:
+    """One run of the wrn28-10-cifar100 recipe (its warm-up, cosine decay, augmentation and 45k/5k split) per
+    arm and seed, with the scenario's epochs, peak lr and weight decay."""
+    sets = (("model.name", p.model), ("train.epochs", p.epochs), ("optim.lr", p.lr),
+            ("optim.weight_decay", p.weight_decay))
+    return [Run(f"{arm.replace(' ', '-').replace('=', '').replace(',', '-')}-seed{s}", arm, s, "wrn28-10-cifar100",
+                (("norm.name", method), *norm_sets, *sets))
+            for s in range(p.seed, p.seed + p.seeds) for arm, method, norm_sets in paper_arms(p)]
+
+
+def paper_judge(ctx, p: Params, done) -> dict:
+    """`verdict` on the runs' test top-1 (CIFAR-100's test set, held apart from the 5k validation split) and
+    seed-mean training-loss curves."""
+    from . import paper_runs as pr
+    arms_ = pr.by_arm(done)
+    top1 = {a: [f.top1() for f in fs] for a, fs in arms_.items()}
+    curves = {a: pr.seed_mean(fs)[1] for a, fs in arms_.items()}
+    names = [a for a, _, _ in paper_arms(p)]
+    me = pr.min_effect(ctx, p.min_effect)
+    v = verdict(top1, curves, "bn", ghost_name(p, p.judge_ghost_batch), names[-1],
+                [ghost_name(p, b) for b in p.ghost_batches if b >= 8], me)
+    pr.plot(ctx, done, v, "ghost_ranking.png")
+    meas = {"model": p.model, "seeds": list(range(p.seed, p.seed + p.seeds)), "min_effect_points": me,
+            "test_top1": top1, "plateaued": {a: settled(c) for a, c in curves.items()},
+            "runs": [f.summary() for f in done]}
+    return ctx.finish(meas, v, pr.table(done))
 
 
 # -- plot and run ----------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from torch import nn
 
 from .. import models, norms
 from . import common
+from .paper import Paper, Value
 from .measures import row_coherence, row_coherences  # noqa: F401 (row_coherence: the tests' reference)
 
 USES_DATA = True
@@ -68,6 +69,19 @@ NORMALIZE = ("auto", "minus-one-one", "per-pixel", "per-channel", "imagenet", "n
 def _default_lrs() -> list:
     """1e-5 and 1e-4, then half a decade apart from 1e-3 to 1 (where the divergences start)."""
     return [1e-5, 1e-4] + [float(f"{10 ** (-3 + 0.5 * i):.4g}") for i in range(7)]
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ImageNet input, as §5 ran it, in one process.
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §5 (input scaled to [-1, 1] as their ImageNet runs, footnote 4)",
+    dataset="imagenet",
+    gpus=1,
+    params={"normalize": "minus-one-one", "image_size": 224, "batch_size": 256},
+    values={"divergence": Value(100, "iterations: the network \"completely diverged in less than a hundred "
+                                     "iterations\" \"with a wide range of learning rates\"", "§5")},
+    note="the paper states neither the batch nor the rates: 256 images (its ResNet-50 batch) and the default rate "
+         "grid; each 224x224 crop flattened to 150,528 inputs, 1000 classes",
+)
 
 
 @dataclass

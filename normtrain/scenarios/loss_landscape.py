@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .. import models, norms
 from . import common
+from .paper import Paper
 
 USES_DATA = True
 
@@ -45,6 +46,19 @@ CLAIM = ("GhostNorm makes the loss landscape less smooth than BatchNorm: along t
          "(Dimitriou & Arandjelović 2020 §3.1, Fig. 4); our addition: the gradient is less predictive.")
 RESEMBLANCE = ("On MNIST, GhostNorm's loss landscape bears closer resemblance to the baseline without normalization "
                "than to BatchNorm's (§3.1, Fig. 4).")
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): SimpleNet (784-512-300-10) on MNIST, lr 0.4,
+#: batch 512, the loss probed at 8 rates along the gradient at every step.
+PAPER = Paper(
+    where="Dimitriou & Arandjelović 2020 §3.1, Fig. 4 (MNIST)",
+    dataset="mnist",
+    gpus=1,
+    params={"model": "mlp", "widths": [512, 300], "batch_size": 512, "lr": 0.4, "steps": 1000,
+            "probe_lrs": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]},
+    note="the training length and GhostNorm's G_M on MNIST are not stated: 1,000 steps (about 10 epochs) and "
+         "G_M = 16 (32 samples per chunk)",
+)
 
 
 @dataclass

@@ -63,6 +63,7 @@ from ..norms.bn import BatchNorm
 from ..norms.bundle import Normalizer
 from ..norms.nf import NormalizerFree
 from . import common
+from .paper import Paper
 from .spp import he_init, shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
@@ -75,6 +76,15 @@ CLAIM = ("An NF-ResNet keeps a BN ResNet's variance propagation; without scaled 
 NAMES = ("bn-relu", "relu-bn", "nf", "nf-no-sws", "nf-no-beta", "he-only")
 COLORS = {"bn-relu": "tab:gray", "relu-bn": "k", "nf": "tab:orange", "nf-no-sws": "tab:blue",
           "nf-no-beta": "tab:green", "he-only": "tab:red"}
+
+
+#: The paper's own setting, for `--scale paper` (`paper.Paper`): white noise of ImageNet's shape.
+PAPER = Paper(
+    where="Hoedt et al. 2022 (blog), Fig. 4-5 (torch.randn(1000, 3, 224, 224) through the ResNets)",
+    dataset=None,
+    gpus=1,
+    params={"image_size": 224, "batch_size": 1000},
+)
 
 
 @dataclass

@@ -51,6 +51,7 @@ import torch
 
 from .. import models, norms
 from . import common
+from .paper import Paper, Value
 
 USES_DATA = True
 
@@ -61,6 +62,23 @@ CLAIM = ("NormProp needed a modification to train a ResNet, and even with it the
 CONFIGS = (("with", "normprop", True), ("without", "normprop", False), ("bn", "bn", None))
 LABELS = {"with": "NormProp, (x + f(x))/sqrt(2)", "without": "NormProp, x + f(x)", "bn": "BN (control)"}
 COLORS = {"with": "tab:blue", "without": "tab:red", "bn": "tab:gray"}
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ResNet-50 on ImageNet at the paper's batch
+#: and rate and above it, in one process.
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §4.2 (ResNet-50, ImageNet, batch 256, initial lr 0.1)",
+    dataset="imagenet",
+    gpus=1,
+    params={"model": "resnet50", "beside": [], "lrs": [0.1, 0.3, 1.0], "paper_lr": 0.1, "batch_size": 256,
+            "steps": 2000, "image_size": 224, "probe": "data"},
+    values={"large-rate": Value("converged to a poor local minimum or diverged after a few iterations",
+                                "(no number given)", "§4.2"),
+            "needs-modification": Value("training required a modification for residual connections",
+                                        "(the modification is not described)", "§4.2")},
+    note="constant rates for 2,000 steps (a divergence \"after a few iterations\" shows there; a poor minimum is "
+         "judged against BN at the same step, not after the 120 epochs)",
+)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .. import config
 from . import common
+from .paper import Paper, Run, Value
 
 USES_DATA = True
 
@@ -43,6 +44,19 @@ CLAIM = ("With weight normalization the output norms are not kept fixed through 
          "the last block's output norm drifts relative to the first layer's (Gitman & Ginsburg 2017 Fig. 4), "
          "while batch normalization keeps it.")
 POINTS = {"first": "norms/first_layer_output", "last": "norms/last_hidden_output", "classifier": "norms/last_layer_output"}
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ResNet-50 on ImageNet trained by the
+#: resnet50-imagenet recipe with WN and BN, the norms logged during training (`paper_runs`).
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §5, Fig. 4 (ResNet-50 on ImageNet, 120 epochs)",
+    dataset="imagenet",
+    gpus=4,
+    params={"recipe": "resnet50-imagenet", "model": "", "methods": ["wn", "bn"], "log_every": 500},
+    recipes=("resnet50-imagenet",),
+    values={"wn-drift": Value("the norms of the first and last layers' outputs part during WN training",
+                              "(a plot; no number given)", "Fig. 4")},
+)
 
 
 @dataclass
@@ -137,6 +151,29 @@ def verdict(wn: dict | None, bn: dict | None, others: dict | None = None, thresh
     ]
     headline = f"WN's last/first norm ratio {wn['ratio_change']:+.0%}, BN's {bn['ratio_change']:+.0%}"
     return common.verdict_of(CLAIM, parts, headline)
+
+
+# -- the paper's size: training runs of `recipe` through the training launcher ------------------------------
+
+def paper_runs(p: Params) -> list[Run]:
+    """One run of `recipe` per method (the same seed), the norms logged every `log_every` steps."""
+    sets = [("log.track_norms", True), ("log.every_steps", p.log_every)]
+    if p.model:
+        sets += [("model.name", p.model), ("model.options", {})]
+    sets += [config.parse_set(s) for s in p.recipe_set]
+    return [Run(f"{m}-seed{p.seed}", m, p.seed, p.recipe, (("norm.name", m), *sets)) for m in p.methods]
+
+
+def paper_judge(ctx, p: Params, done) -> dict:
+    """`verdict` on the norms each run logged (`read_norms`, `drift`)."""
+    from . import paper_runs as pr
+    curves = {f.run.arm: read_norms(f.out) for f in done}
+    drifts = {m: drift(c["first"], c["last"]) for m, c in curves.items()}
+    v = verdict(drifts.get("wn"), drifts.get("bn"), {m: d for m, d in drifts.items() if m not in ("wn", "bn")},
+                p.threshold)
+    plot(ctx, p, curves, v, pr.recipe_of(done[0]).model.name)
+    return ctx.finish({"recipe": p.recipe, "curves": curves, "drift": drifts, "runs": [f.summary() for f in done]},
+                      v, pr.table(done))
 
 
 def plot(ctx, p: Params, curves: dict, v: dict, model: str) -> None:

@@ -52,6 +52,7 @@ import torch
 from .. import models, norms
 from ..models.signal import signal_prop
 from . import common
+from .paper import Paper
 from .spp import he_init, increment_ratio, input_batch, shape_stats, stage_growth, stage_ids, stage_slices
 
 USES_DATA = True
@@ -63,14 +64,13 @@ CLAIM = ("In ResNet SPPs, BN turns the unnormalized network's exponential varian
 
 SCALINGS = ("sqrt2", "rescale", "depth", "skipinit")
 #: The paper's own setting: 1000 white-noise images of 3x224x224 through a pre-activation ResNet-50.
-PAPER = {
-    "where": "Hoedt et al. 2022 (blog), \"Moment Control\", Fig. 4-5 (torch.randn(1000, 3, 224, 224))",
-    "dataset": None,
-    "gpus": 1,
-    "params": {"image_size": 224, "batch_size": 1000},
-    "recipes": [],
-    "paper_values": {},
-}
+PAPER = Paper(
+    where="Hoedt et al. 2022 (blog), \"Moment Control\", Fig. 4-5 (torch.randn(1000, 3, 224, 224))",
+    dataset=None,
+    gpus=1,
+    params={"image_size": 224, "batch_size": 1000},
+)
+
 
 
 @dataclass

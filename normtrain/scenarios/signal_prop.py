@@ -41,6 +41,7 @@ import torch
 from .. import models, norms
 from ..models.signal import signal_prop
 from . import common
+from .paper import Paper
 from .spp import diffs, log_r_squared, pearson, r_squared, shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
@@ -50,6 +51,15 @@ CLAIM = ("In a pre-activation ResNet-50 with BN the variance grows linearly with
          "grows exponentially (Hoedt et al. 2022, Fig. 4-5; Brock et al. 2021a).")
 
 CONFIGS = [("bn", "preact-resnet50", "bn"), ("none", "preact-resnet50", "none"), ("nf", "nf-resnet50", "nf")]
+
+
+#: The paper's own setting, for `--scale paper` (`paper.Paper`): white noise of ImageNet's shape.
+PAPER = Paper(
+    where="Hoedt et al. 2022 (blog), Fig. 4-5 (torch.randn(1000, 3, 224, 224) through the ResNets)",
+    dataset=None,
+    gpus=1,
+    params={"image_size": 224, "batch_size": 1000},
+)
 
 
 @dataclass

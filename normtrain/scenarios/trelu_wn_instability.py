@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from .. import models, norms
 from . import common
+from .paper import Paper, Run, Value
 from .measures import BlockNorms, row_coherence
 
 USES_DATA = True
@@ -60,19 +61,22 @@ CLAIM = ("TReLU-WN on a deep residual network trains for a long stable stretch, 
          "of the output increases from layer to layer and grows with the updates, as rows of the weights grow "
          "correlated (Gitman & Ginsburg 2017 §1, §4.2, §5).")
 
-#: The paper's own experiment, for `--scale paper` (data only; wired by the scale machinery).
-PAPER = {
-    "where": "Gitman & Ginsburg 2017 §4.2, §5 (footnote 4: 4 GPUs, 120 epochs, batch 256)",
-    "dataset": "imagenet",
-    "gpus": 4,
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ResNet-50 on ImageNet through the
+#: resnet50-imagenet recipe (120 epochs, poly-2 from 0.1, batch 256), trelu-wn and the bn control (`paper_runs`).
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §4.2, §5 (footnote 4: 4 GPUs, 120 epochs, batch 256)",
+    dataset="imagenet",
+    gpus=4,
     # 120 epochs of ImageNet's 1,281,167 images at batch 256: 5,004 steps an epoch.
-    "params": {"model": "resnet50", "batch_size": 256, "steps": 600480, "lr": 0.1, "trelu_join": "weighted",
-               "control": "bn", "record_every": 500},
-    "recipes": ["resnet50-imagenet"],
-    "paper_values": {
-        "sudden divergence": {"value": 50, "unit": "epochs of stable training before diverging (\"as much as\")",
-                              "where": "§4.2"}},
-}
+    params={"model": "resnet50", "batch_size": 256, "steps": 600480, "lr": 0.1, "trelu_join": "weighted",
+            "control": "bn", "record_every": 500, "min_stable": 0.2},
+    recipes=("resnet50-imagenet",),
+    values={"sudden divergence": Value(50, "epochs of stable training before diverging (\"as much as\")", "§4.2")},
+    note="the runs follow the recipe's poly-2 schedule over 120 epochs (steps caps them: train.max_steps); a "
+         "divergence after >= 0.2 x 600,480 steps (24 epochs) counts as after a long stable stretch; the output "
+         "norms of the first layer and the last residual block are logged every record_every steps "
+         "(log.track_norms), the row coherence is measured on the initial weights and the last checkpoint",
+)
 
 
 @dataclass
@@ -222,7 +226,7 @@ def verdict(wn: dict, ctrl: dict | None, p: Params) -> dict:
         common.part("sudden divergence", "TReLU-WN trains for a long stable stretch, then diverges suddenly",
                     "paper", s1, m1, f"diverged at a step >= {p.min_stable:g} x steps ({need}), the loss before it "
                     f"below the initial loss; inconclusive without a divergence",
-                    paper_value=PAPER["paper_values"]["sudden divergence"]),
+                    paper_value=PAPER.values["sudden divergence"].as_dict()),
         common.part("norm grows with depth", "the norm of the output increases from layer to layer and this grows "
                     "after gradient updates", "paper", s2, m2,
                     f"r > 1 at the last record before any divergence and r grew by >= {p.norm_growth:g}x since step 0"),
@@ -243,6 +247,64 @@ def verdict(wn: dict, ctrl: dict | None, p: Params) -> dict:
                 + (f", growth starts at step {gs['step']} in {gs['layer']}" if gs else "")
                 + f"; coherence {rise:+.2f}")
     return common.verdict_of(CLAIM, parts, headline)
+
+
+# -- the paper's size: training runs of the resnet50-imagenet recipe -------------------------------------------
+
+def paper_runs(p: Params) -> list[Run]:
+    """trelu-wn and the control, each one run of the resnet50-imagenet recipe (its poly-2 schedule over 120
+    epochs) from the same seed, stopped after `steps` steps (train.max_steps), the output norms logged every
+    `record_every` steps (log.track_norms)."""
+    sets = (("model.name", p.model), ("data.batch_size", p.batch_size), ("optim.lr", p.lr),
+            ("train.max_steps", p.steps), ("log.track_norms", True), ("log.every_steps", p.record_every))
+    arms_ = [("trelu-wn", (("norm.name", "trelu-wn"), ("norm.trelu_join", p.trelu_join)))]
+    if p.control:
+        arms_.append((p.control, (("norm.name", p.control),)))
+    return [Run(f"{arm}-seed{p.seed}", arm, p.seed, "resnet50-imagenet", (*norm, *sets)) for arm, norm in arms_]
+
+
+def paper_summary(f, p: Params) -> dict:
+    """`summarize`'s numbers from a finished paper-scale run: divergence (the engine's: a non-finite loss or
+    weights), the logged training loss, the depth ratio r from the tracked norms of the first layer and the last
+    residual block, where that growth starts (of those two), and the mean row coherence of the convs on the
+    initial weights (rebuilt from the seed) and on the last checkpoint."""
+    import torch
+    from . import paper_runs as pr
+    steps_l, loss = f.series("train/loss")
+    s1, first = f.series("norms/first_layer_output")
+    s2, last = f.series("norms/last_hidden_output")
+    both = dict(zip(s2, last))
+    recs = [{"step": s, "loss": float("nan"), "norms": [a, both[s]]} for s, a in zip(s1, first) if s in both]
+    div = f.results.get("diverged_at_step") if f.diverged else None
+    finite = [(s, x) for s, x in zip(steps_l, loss) if math.isfinite(x) and (div is None or s < div)]
+    coh = {}
+    for which in ("init", "last"):
+        model, _ = pr.network(f, which)
+        with torch.no_grad():
+            c = [row_coherence(common.effective_weight(m)) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        coh[which] = sum(c) / len(c) if c else float("nan")
+    ok = [r for r in recs if all(math.isfinite(v) for v in r["norms"])] or recs[:1]
+    return {"diverged_at": div, "steps": min(p.steps, f.results.get("total_steps") or p.steps),
+            "initial_loss": loss[0] if loss else float("nan"),
+            "loss_before": finite[-1][1] if finite else float("nan"), "last_step": finite[-1][0] if finite else 0,
+            "ratio_start": depth_ratio(ok[0]) if ok else float("nan"),
+            "ratio_end": depth_ratio(ok[-1]) if ok else float("nan"),
+            "coherence_start": coh["init"], "coherence_end": coh["last"],
+            "growth_start": growth_start(ok, ["first layer", "last block"], p.growth) if ok else None}
+
+
+def paper_judge(ctx, p: Params, done) -> dict:
+    """`verdict` on the paper-scale runs (`paper_summary` of each)."""
+    from . import paper_runs as pr
+    sums = {f.run.arm: paper_summary(f, p) for f in done}
+    v = verdict(sums["trelu-wn"], sums.get(p.control) if p.control else None, p)
+    pr.plot(ctx, done, v, "trelu_wn_instability.png", metric="depth ratio r at the end",
+            values={a: [s["ratio_end"]] for a, s in sums.items()})
+    rows = [[a, s["diverged_at"] if s["diverged_at"] is not None else "-", s["last_step"], s["ratio_start"],
+             s["ratio_end"], s["coherence_start"], s["coherence_end"]] for a, s in sums.items()]
+    summary = common.table(["method", "diverged at", "last record", "r start", "r end", "coherence start",
+                            "coherence end"], rows) + "\n" + pr.table(done)
+    return ctx.finish({"model": p.model, "summary": sums, "runs": [f.summary() for f in done]}, v, summary)
 
 
 # -- plot and run ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch
 
 from .. import models, norms
 from . import common
+from .paper import Paper, Run, Value
 from .measures import settled
 
 USES_DATA = True
@@ -51,6 +52,26 @@ USES_DATA = True
 CLAIM = ("Weight normalization reaches a better training accuracy than batch normalization but a lower test accuracy "
          "(73% vs 67% on ImageNet), and neither dropout nor more weight decay closes the test gap (Gitman & "
          "Ginsburg 2017 abstract, §4.2).")
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ResNet-50 on ImageNet through the
+#: resnet50-imagenet recipe, BN and each WN-family method alone, with dropout and with more weight decay
+#: (`paper_runs`).
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §4.2, Fig. 3 (ResNet-50 on ImageNet, 120 epochs, batch 256 on 4 GPUs)",
+    dataset="imagenet",
+    gpus=4,
+    params={"model": "resnet50", "steps": 600480, "batch_size": 256, "lr": 0.1, "weight_decay": 1.0e-4,
+            "wd_factor": 10.0, "dropout": 0.5, "seeds": 2},
+    recipes=("resnet50-imagenet",),
+    values={"wn: tests-worse": Value({"bn": 73, "wn": 67}, "test top-1 % (\"approx.\")", "§4.2, Fig. 3"),
+            "wn: trains-better": Value("WN reaches a higher final training accuracy than BN", "(a plot)",
+                                       "Fig. 3 (a), (c)")},
+    note="the paper names neither the dropout nor the larger weight decay it tried: dropout 0.5 before the "
+         "classifier and 10x the weight decay (lr x wd x steps >> 1%, so it acts); one run each in the paper, 2 "
+         "seeds here for a standard error; training accuracy is the last logging window's (train mode), as the "
+         "paper's curves",
+)
 
 
 @dataclass
@@ -173,6 +194,42 @@ def verdict(res: dict, methods: list[str], effect_test: float = 1.39, effect_tra
                      f"{te['gap']:+.2g} points better ({_word(parts[-3]['state'])}), with dropout / more weight decay "
                      f"{tails[0]} / {tails[1]} ({_word(parts[-2]['state'])} / {_word(parts[-1]['state'])})")
     return common.verdict_of(CLAIM, parts, "; ".join(heads))
+
+
+# -- the paper's size: training runs of the resnet50-imagenet recipe -----------------------------------------
+
+def paper_runs(p: Params) -> list[Run]:
+    """One run of the resnet50-imagenet recipe (poly-2 from `lr` over its 120 epochs, capped at `steps`) per
+    configuration of `configs` and seed: dropout through model.dropout, the larger weight decay through
+    optim.weight_decay."""
+    sets = (("model.name", p.model), ("data.batch_size", p.batch_size), ("optim.lr", p.lr),
+            ("train.max_steps", p.steps))
+    return [Run(f"{name.replace('+', '-')}-seed{s}", name, s, "resnet50-imagenet",
+                (("norm.name", method), ("model.dropout", dropout), ("optim.weight_decay", wd), *sets))
+            for s in range(p.seed, p.seed + p.seeds) for name, method, dropout, wd in configs(p)]
+
+
+def paper_judge(ctx, p: Params, done) -> dict:
+    """`verdict` on the runs: training top-1 and loss of the last logging window (train mode, as the paper's
+    training curves), test top-1 on ImageNet's validation set, converged when the logged training loss has
+    settled (`measures.settled`)."""
+    from . import paper_runs as pr
+    arms = pr.by_arm(done)
+    res = {a: {"train_top1": [f.final.get("train/top1") for f in fs], "test_top1": [f.top1() for f in fs],
+               "train_loss": [f.final.get("train/loss") for f in fs],
+               "converged": [not f.diverged and settled(f.series("train/loss")[1]) for f in fs]}
+           for a, fs in arms.items()}
+    steps = min(p.steps, done[0].results.get("total_steps") or p.steps)
+    mean_lr = p.lr / 3  # the mean of lr (1 - t)^2 over the run
+    wd_acts = common.decay_acts(mean_lr, p.weight_decay * p.wd_factor, steps)
+    wd_text = f"mean lr x wd x steps = {mean_lr * p.weight_decay * p.wd_factor * steps:.2%}"
+    n_test, n_train = pr.test_images(ctx), 1_281_167
+    v = verdict(res, p.methods, min_effect(n_test, p.min_images, p.min_points),
+                min_effect(n_train, p.min_images, p.min_points), wd_acts, wd_text)
+    pr.plot(ctx, done, v, "wn_generalization.png")
+    meas = {"model": p.model, "seeds": list(range(p.seed, p.seed + p.seeds)), "summary": res,
+            "weight_decay_acts": wd_acts, "runs": [f.summary() for f in done]}
+    return ctx.finish(meas, v, pr.table(done))
 
 
 def _word(state: str) -> str:

@@ -47,6 +47,7 @@ from .. import config, models, norms
 from ..schedule import lr_at
 from . import common
 from .measures import settled
+from .paper import Paper, Run
 
 USES_DATA = True
 
@@ -56,15 +57,18 @@ CLAIM = ("On the small cifar10-nv network the WN algorithms (WN, NormProp, TReLU
 
 WN_FAMILY = ("wn", "normprop", "trelu-wn")
 
-#: The paper's own experiment, for `--scale paper` (data only; wired by the scale machinery).
-PAPER = {
-    "where": "Gitman & Ginsburg 2017 §4.1, Fig. 2, Table 2, footnote 3",
-    "dataset": "cifar10",
-    "gpus": 1,
-    "params": {"width": 1.0, "image_size": 28, "batch_size": 128, "epochs": 256, "lr_scale": 1.0, "seeds": 3},
-    "recipes": ["cifar10-nv"],
-    "paper_values": {},   # Fig. 2 gives curves only
-}
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): the cifar10-nv recipe on CIFAR-10 at full
+#: width, 28x28 crops, 256 epochs, one run per method and seed (`paper_runs`).
+PAPER = Paper(
+    where="Gitman & Ginsburg 2017 §4.1, Fig. 2, Table 2, footnote 3",
+    dataset="cifar10",
+    gpus=1,
+    params={"width": 1.0, "image_size": 28, "batch_size": 128, "epochs": 256.0, "lr_scale": 1.0, "seeds": 3},
+    recipes=("cifar10-nv",),
+    values={},   # Fig. 2 gives curves only
+    note="trained on all 50,000 training images and evaluated on the test set every epoch, as the paper's Fig. 2 "
+         "(the recipe's 45k/5k split is turned off: data.val_split=0)",
+)
 
 
 @dataclass
@@ -180,6 +184,43 @@ def verdict(mean_loss: dict, top1: dict, converged: dict, min_loss_effect: float
                 (f"not converged at this size: {', '.join(waiting)} (the paper's 256 epochs would decide it)"
                  if waiting else f"faster than BN: {s1}, NormProp/TReLU-WN higher: {s2}"))
     return common.verdict_of(CLAIM, parts, headline)
+
+
+# -- the paper's size: training runs of the cifar10-nv recipe ----------------------------------------------
+
+def paper_runs(p: Params) -> list[Run]:
+    """One run of the cifar10-nv recipe (its per-method schedule and weight decay, footnote 3) per method and seed,
+    at the scenario's width, crop size, batch and epochs, on all 50,000 training images (data.val_split 0)."""
+    sets = [("data.batch_size", p.batch_size), ("train.epochs", p.epochs), ("data.image_size", p.image_size),
+            ("data.val_split", 0)]
+    if p.width != 1.0:
+        sets.append(("model.options", {"width": p.width}))
+    if p.lr_scale != 1.0:
+        sets.append(("optim.lr", 0.01 * p.lr_scale))  # footnote 3: 0.01 for every method
+    return [Run(f"{m}-seed{s}", m, s, "cifar10-nv", (("norm.name", m), *sets))
+            for s in range(p.seed, p.seed + p.seeds) for m in p.methods]
+
+
+def paper_judge(ctx, p: Params, done) -> dict:
+    """`verdict` on the runs: mean training loss over each run (the mean of its logged windows, all of equal
+    length), final test top-1, converged as at CPU size (the seed-mean curve plateaued and its last 10% at most
+    max_final_loss)."""
+    from . import paper_runs as pr
+    arms_ = pr.by_arm(done)
+    top1 = {m: [f.top1() for f in fs] for m, fs in arms_.items()}
+    mean_loss = {m: [(sum(ys) / len(ys) if ys and not f.diverged else float("nan"))
+                     for f in fs for ys in [f.series("train/loss")[1]]] for m, fs in arms_.items()}
+    curves = {m: pr.seed_mean(fs)[1] for m, fs in arms_.items()}
+    final_loss = {m: (sum(c[-max(1, len(c) // 10):]) / max(1, len(c) // 10) if c else float("nan"))
+                  for m, c in curves.items()}
+    converged = {m: bool(c) and settled(c) and final_loss[m] <= p.max_final_loss for m, c in curves.items()}
+    me = pr.min_effect(ctx, p.min_effect)
+    v = verdict(mean_loss, top1, converged, p.min_loss_effect, me)
+    pr.plot(ctx, done, v, "wn_small_net.png")
+    meas = {"seeds": list(range(p.seed, p.seed + p.seeds)), "min_effect_points": me, "test_top1": top1,
+            "mean_train_loss": mean_loss, "final_train_loss": final_loss, "converged": converged,
+            "runs": [f.summary() for f in done]}
+    return ctx.finish(meas, v, pr.table(done))
 
 
 # -- plot and run -------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch
 
 from .. import models, norms
 from . import common
+from .paper import Paper, Run, Value
 
 USES_DATA = True
 
@@ -47,6 +48,25 @@ CLAIM = ("Training with GN, GN + eq. 5 (weight centering), GN + eq. 6 (weight sc
 CONFIGS = (("gn", "gn", {}), ("gn+eq6", "ws-gn", {"ws_center": False}), ("gn+eq5", "ws-gn", {"ws_scale": False}),
            ("gn+ws", "ws-gn", {}))
 COLORS = {"gn": "tab:gray", "gn+eq6": "tab:orange", "gn+eq5": "tab:green", "gn+ws": "tab:blue"}
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ResNet-50 on ImageNet through the
+#: resnet50-imagenet-ws recipe (1 image per GPU, iteration size to 256), GN, GN + eq. 6, GN + eq. 5, GN + WS
+#: (`paper_runs`).
+PAPER = Paper(
+    where="Qiao et al. 2019 §2.3, Fig. 4 left/middle, Table 2 (ResNet-50 on ImageNet, 90 epochs)",
+    dataset="imagenet",
+    gpus=4,
+    params={"model": "resnet50", "groups": 32, "steps": 450360, "batch_size": 256, "lr": 0.1,
+            "weight_decay": 1.0e-4, "seeds": 2},
+    recipes=("resnet50-imagenet-ws",),
+    values={"eq6-without-eq5": Value({"gn": 24.81, "gn+eq6": 24.60}, "top-1 error %", "Table 2 (GN, GN+WS+DO)"),
+            "eq6-with-eq5": Value({"gn+eq5": 23.96, "gn+ws": 23.72}, "top-1 error %", "Table 2 (GN+WS+MO, GN+WS)"),
+            "eq5-major": Value({"gn": 24.81, "gn+eq5": 23.96, "gn+eq6": 24.60}, "top-1 error %", "Table 2")},
+    note="Fig. 4 shows training curves (no numbers); Table 2's errors of the same four models are beside ours. The "
+         "runs follow the recipe's x0.1 every 30 epochs; steps caps them (train.max_steps); one run each in the "
+         "paper, 2 seeds here for a standard error",
+)
 
 
 @dataclass
@@ -126,6 +146,33 @@ def verdict(final: dict, min_effect: float = 0.01) -> dict:
     headline = (f"loss gain of eq. 5 {common.shown_text(d5)}; of eq. 6 without eq. 5 {d6['gap']:+.2g}, with it "
                 f"{d6w['gap']:+.2g} ({len(f['gn'])} seeds detect gaps >= {power:.2g})")
     return common.verdict_of(CLAIM, parts, headline)
+
+
+# -- the paper's size: training runs of the resnet50-imagenet-ws recipe ----------------------------------
+
+def paper_runs(p: Params) -> list[Run]:
+    """One run of the WS recipe (1 image per GPU, iteration size to `batch_size`, lr x0.1 every 30 epochs) per
+    configuration and seed, capped at `steps` optimizer steps (train.max_steps)."""
+    sets = (("model.name", p.model), ("norm.groups", p.groups), ("data.batch_size", p.batch_size),
+            ("optim.lr", p.lr), ("optim.weight_decay", p.weight_decay), ("train.max_steps", p.steps))
+    return [Run(f"{name.replace('+', '-')}-seed{s}", name, s, "resnet50-imagenet-ws",
+                (("norm.name", method), *((f"norm.{k}", v) for k, v in opts.items()), *sets))
+            for s in range(p.seed, p.seed + p.seeds) for name, method, opts in CONFIGS]
+
+
+def paper_judge(ctx, p: Params, done) -> dict:
+    """`verdict` on each run's final training loss: the mean of the last `tail` of its logged loss windows."""
+    from . import paper_runs as pr
+    arms = pr.by_arm(done)
+    final = {a: [final_loss(f.series("train/loss")[1], p.tail) if not f.diverged else float("nan") for f in fs]
+             for a, fs in arms.items()}
+    v = verdict(final, p.min_effect)
+    pr.plot(ctx, done, v, "ws_curves.png", metric=f"final training loss (last {p.tail:.0%} of the steps)",
+            values=final)
+    meas = {"model": p.model, "groups": p.groups, "seeds": list(range(p.seed, p.seed + p.seeds)),
+            "final_train_loss": final, "test_top1": {a: [f.top1() for f in fs] for a, fs in arms.items()},
+            "runs": [f.summary() for f in done]}
+    return ctx.finish(meas, v, pr.table(done))
 
 
 def smooth(xs: list[float], k: int) -> list[float]:

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from .. import models, norms
 from ..norms.ws import WSConv2d, WSLinear
 from . import common
+from .paper import Paper, Value
 
 USES_DATA = True
 
@@ -64,6 +65,21 @@ CLAIM = ("During GN+WS training the gradient-norm reduction of eq. 8, (1/I)<W_ha
          "(< 0.02 of ||grad_W_hat L||^2) compared with eq. 9's (1/I)<1, grad_W_hat L>^2 and with "
          "sigma^2 ||grad_W L||^2 (Qiao et al. 2019 §2.3, Fig. 4 right); our control: a network without "
          "normalization, whose loss is not scale invariant, has a larger eq. 8 share.")
+
+
+#: The paper's own experiment, for `--scale paper` (`paper.Paper`): ResNet-50 with GN+WS on ImageNet for 90
+#: epochs, measured at the first iteration of each epoch (5,004 steps of 256 images), in one process.
+PAPER = Paper(
+    where="Qiao et al. 2019 §2.3, Fig. 4 right (ResNet-50 with GN and WS on ImageNet, 90 epochs)",
+    dataset="imagenet",
+    gpus=1,
+    params={"model": "resnet50", "groups": 32, "steps": 450360, "record_every": 5004, "lr": 0.1,
+            "batch_size": 256, "image_size": 224},
+    values={"eq8-small": Value(0.02, "share of the eq. 8 term in the gradient norm: below this", "§2.3, Fig. 4 right")},
+    note="one process with the scenario's own loop (constant lr 0.1; the paper's x0.1 every 30 epochs is not "
+         "applied; GN+WS is batch-independent, so 256 images per step equal the paper's 1 image x 64 x 4 GPUs): "
+         "days on one GPU",
+)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from torch import nn
 
 from .. import norms
 from . import common
+from .paper import Paper
 
 USES_DATA = True
 
@@ -60,14 +61,13 @@ CLAIM = ("Centering the weights (WS eq. 5) zero-centres the Hessian of the loss 
 #: Eq. 17-19 are identities; the paper checks them on no network, so the paper scale is the same
 #: exact check on its setting's layer sizes: ResNet-50's first conv (I = 3x7x7 = 147) and a 3x3 conv
 #: of its first stage (I = 64x3x3 = 576), on ImageNet inputs.
-PAPER = {
-    "where": "Qiao et al. 2019 §2.3, eq. 16-19",
-    "dataset": None,
-    "gpus": 1,
-    "params": {"width": 64, "channels": 4, "seeds": 2, "batch_size": 32},
-    "recipes": [],
-    "paper_values": {},
-}
+PAPER = Paper(
+    where="Qiao et al. 2019 §2.3, eq. 16-19",
+    dataset=None,
+    gpus=1,
+    params={"width": 64, "channels": 4, "seeds": 2, "batch_size": 32},
+)
+
 
 
 @dataclass
