@@ -669,6 +669,12 @@ def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Rec
         _set(recipe, key, value, "--set")
     check(recipe, source if not overrides else f"{source} with --set")
     if "synthetic" in (recipe.data.source, recipe.data.backend):
+        d, keys = recipe.data, dict(overrides)
+        if "data.synthetic_classes" in keys and d.synthetic_classes and "data.num_classes" not in keys:
+            d.num_classes = d.synthetic_classes  # the recipe's count describes its real data, not the stand-in
+        elif d.synthetic_classes and d.num_classes and d.synthetic_classes != d.num_classes:
+            raise UsageError(f"{source}: data.synthetic_classes {d.synthetic_classes} differs from data.num_classes "
+                             f"{d.num_classes}; set one of them")
         synthetic_like(recipe.data, own_data)
     if not recipe.run.name:
         recipe.run.name = f"{stem}-{recipe.norm.name}"

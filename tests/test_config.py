@@ -127,3 +127,15 @@ def test_dumped_recipe_reproduces_a_set_that_per_norm_also_sets(tmp_path):
     assert again.schedule.final_lr == 0.5 and again.optim.weight_decay == r.optim.weight_decay
     assert {k: v for k, v in again.to_dict().items() if k != "per_norm"} == \
         {k: v for k, v in r.to_dict().items() if k != "per_norm"}
+
+
+def test_synthetic_classes_set_on_the_command_line_win_over_the_recipes_real_count():
+    """`--data synthetic --set data.synthetic_classes=10` on an ImageNet recipe: 10 classes, the network too."""
+    r = config.load("resnet50-imagenet", [("data.source", "synthetic"), ("data.synthetic_classes", 10)])
+    assert r.data.num_classes == 10 and r.data.synthetic_classes == 10
+    assert config.load("resnet50-imagenet", [("data.source", "synthetic")]).data.synthetic_classes == 1000
+    with pytest.raises(UsageError, match="differs from data.num_classes"):
+        config.load("resnet50-imagenet", [("data.source", "synthetic"), ("data.synthetic_classes", 10),
+                                          ("data.num_classes", 100)])
+    reloaded = config.from_dict(r.to_dict(), "recipe.yaml")  # a resumed run keeps the same count
+    assert reloaded.data.num_classes == reloaded.data.synthetic_classes == 10
