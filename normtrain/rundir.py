@@ -51,7 +51,7 @@ FREE = (
     "run.name", "run.out", "run.resume", "run.resume_changed", "run.device", "run.collective_timeout",
     "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs", "train.checkpoint_every_steps",
     "train.compile", "train.cudnn_benchmark", "train.tf32", "train.channels_last", "train.static_graph",
-    "data.workers", "data.eval_batch_size",
+    "data.workers", "data.eval_batch_size", "data.paper_micro_batch",
     "log.*",
 )
 

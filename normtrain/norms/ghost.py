@@ -108,9 +108,10 @@ def channels_to_chunks(y: torch.Tensor, g: int) -> torch.Tensor:
     return y.reshape((m, g, c) + s).transpose(0, 1).reshape((g * m, c) + s)
 
 
-def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The same result as `ghost_norm_reference` through one fused batch-norm call.
+def _ghost_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same result as `ghost_norm_reference` through one fused batch-norm call; returns
+    (y, statistics (2, G, C): the chunk means and the unbiased chunk variances).
 
     With the batch permuted so that chunk j's channel c becomes channel j*C + c of an
     (M/G_M, G_M*C, *) tensor (`chunks_to_channels`), per-channel batch statistics *are*
@@ -128,11 +129,20 @@ def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias:
         w = weight.repeat(g) if weight is not None else None
         b = bias.repeat(g) if bias is not None else None
     stats_dtype = weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
-    means = torch.zeros(g * c, dtype=stats_dtype, device=x.device)
-    variances = torch.ones(g * c, dtype=stats_dtype, device=x.device)
-    yp = F.batch_norm(xp, means, variances, w, b, True, 1.0, eps)
+    # One scratch tensor for both statistics (one fill kernel): with momentum 1 the kernel overwrites
+    # it (0 x old + 1 x new), so any finite start does; rows: means, unbiased variances.
+    stats = torch.ones(2, g * c, dtype=stats_dtype, device=x.device)
+    yp = F.batch_norm(xp, stats[0], stats[1], w, b, True, 1.0, eps)
     y = yp if g == 1 else channels_to_chunks(yp, g)
-    return y, means.view(g, c), variances.view(g, c)
+    return y, stats.view(2, g, c)
+
+
+def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same result as `ghost_norm_reference` through one fused batch-norm call (`_ghost_fused`):
+    (y, chunk means (G, C), unbiased chunk variances (G, C))."""
+    y, stats = _ghost_fused(x, g, weight, bias, eps)
+    return y, stats[0], stats[1]
 
 
 class GhostBatchNorm(_NormBase):
@@ -163,17 +173,19 @@ class GhostBatchNorm(_NormBase):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         self._chunk_size(x.shape[0])
-        y, chunk_means, chunk_vars = ghost_norm_fused(x, self.ghost_groups, self.weight, self.bias, self.eps)
-        self._update_running_stats(chunk_means, chunk_vars)
+        y, stats = _ghost_fused(x, self.ghost_groups, self.weight, self.bias, self.eps)
+        self._update_running_stats(stats)
         return y
 
     @torch.no_grad()
-    def _update_running_stats(self, chunk_means: torch.Tensor, chunk_vars: torch.Tensor) -> None:
-        """One BN-momentum update from the (G, C) chunk means and *unbiased* chunk variances."""
+    def _update_running_stats(self, stats: torch.Tensor) -> None:
+        """One BN-momentum update from the chunk means and *unbiased* chunk variances, stats (2, G, C)
+        (three kernels: both chunk averages in one reduction, one multi-tensor lerp, the count)."""
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean.lerp_(chunk_means.mean(0).to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(chunk_vars.mean(0).to(self.running_var.dtype), factor)
+        mean, var = stats.mean(1).unbind(0)
+        running = [self.running_mean, self.running_var]
+        torch._foreach_lerp_(running, [mean.to(running[0].dtype), var.to(running[1].dtype)], factor)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ghost_groups={self.ghost_groups}"

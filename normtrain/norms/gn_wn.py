@@ -21,6 +21,7 @@ from .wn import WeightNorm
 class GroupNormWeightNorm(WeightNorm):
     name = "gn-wn"
     default_bias = False  # GroupNorm's shift replaces the conv bias
+    channels_last_ok = False  # CUDA group_norm is NCHW-only (as gn)
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         return group_norm(num_features, self.options.groups, self.options.eps)

@@ -12,20 +12,19 @@ has no affine and the GhostNorm step carries gamma and beta (DESIGN §3):
 best CIFAR-100 setting is G_C = 4, G_M = 8) and G_M = ``norm.ghost_groups``.
 The paper notes the reverse order did worse (§3.3).
 
-Precision under autocast: the GroupNorm step runs in the input's dtype (CUDA autocast
-would run group_norm in fp32, writing an fp32 copy of the activation and handing an
-fp32 activation on; the fp16/bf16 group-norm kernels accumulate in fp32 anyway). The
-GhostNorm step then takes GhostNorm's fused batch-norm path (see ghost.py).
+Precision under autocast: the GroupNorm step runs in the autocast dtype (gn.py's
+`amp_group_norm`; CUDA autocast would run group_norm in fp32, writing an fp32 copy of
+the activation and handing an fp32 activation on). The GhostNorm step then takes
+GhostNorm's fused batch-norm path (see ghost.py).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
 from .ghost import GhostBatchNorm
-from .gn import check_groups
+from .gn import amp_group_norm, check_groups
 
 
 class SeqNorm(nn.Module):
@@ -40,15 +39,7 @@ class SeqNorm(nn.Module):
         self.ghost = GhostBatchNorm(num_features, ghost_groups, eps=eps, momentum=momentum, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ghost(self._group_norm(x))
-
-    def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
-            # CUDA autocast runs group_norm in fp32 (an fp32 copy in, an fp32 activation out); its
-            # fp16/bf16 kernels accumulate in fp32 anyway, so keep x's dtype (as timm's fast_norm does).
-            with torch.autocast(x.device.type, enabled=False):
-                return F.group_norm(x, self.groups, None, None, self.eps)
-        return F.group_norm(x, self.groups, None, None, self.eps)
+        return self.ghost(amp_group_norm(x, self.groups, None, None, self.eps))
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, eps={self.eps}"
