@@ -125,6 +125,7 @@ class Counts:
     ops: collections.Counter = field(default_factory=collections.Counter)           # phase -> operators
     by_op: collections.Counter = field(default_factory=collections.Counter)         # (phase, name) -> operators
     conversions: collections.Counter = field(default_factory=collections.Counter)   # (phase, name) -> mixed layouts
+    weight_conversions: collections.Counter = field(default_factory=collections.Counter)  # the same, weight-shaped
     fp32_outputs: collections.Counter = field(default_factory=collections.Counter)  # forward ops writing fp32 4-d
     saved: dict = field(default_factory=dict)                                      # storage key -> Saved
 
@@ -137,31 +138,33 @@ class Recorder(TorchDispatchMode):
       reads one (in-place updates of buffers excluded);
     - layout conversions: an operator whose dense 4-d arguments and results are not all in
       one layout (an explicit copy between NCHW and channels_last, or one inside the kernel);
+      counted apart when all of them have the shape of a 4-d parameter (`weight_shapes`):
+      weight-sized work such as summing a reparametrised weight's two gradient paths;
     - forward operators that write a 4-d fp32 activation of at least `FP32_MIN_ELEMENTS`.
     """
 
-    def __init__(self, inputs=()):
+    def __init__(self, inputs=(), weight_shapes=()):
         super().__init__()
         self.phase = "forward"
         self.counts = Counts()
         self.activations = {_key(t) for t in inputs}
         self._alive = list(inputs)  # storage keys stay unique while their tensors live
+        self.weight_shapes = {tuple(s) for s in weight_shapes}
 
     @staticmethod
-    def _kind(func) -> tuple[bool, bool]:
-        """(launches a kernel, mutates an argument)."""
+    def _kind(func) -> tuple[bool, list[int]]:
+        """(launches a kernel, positions of the arguments it writes)."""
         name = func.overloadpacket.__name__
         if name in _NO_KERNEL or func.namespace == "prim":
-            return False, False
-        returns = func._schema.returns
-        mutates = any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
-        view = not mutates and any(r.alias_info is not None for r in returns)
-        return not view, mutates
+            return False, []
+        written = [i for i, a in enumerate(func._schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+        view = not written and any(r.alias_info is not None for r in func._schema.returns)
+        return not view, written
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        kernel, mutates = self._kind(func)
+        kernel, written = self._kind(func)
         ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if func in _BN_BACKWARD and isinstance(out, tuple) and out[0] is not None:
             # CUDA: grad_input in the input's layout, grad_output copied into it first (module doc).
@@ -175,10 +178,21 @@ class Recorder(TorchDispatchMode):
         if kernel:
             c.ops[self.phase] += 1
             c.by_op[self.phase, name] += 1
-            layouts = {layout(t) for t in ins + outs} - {None}
-            if len(layouts) > 1:
-                c.conversions[self.phase, name] += 1
-        if not mutates and any(_key(t) in self.activations for t in ins):
+            mixed = [t for t in ins + outs if layout(t) is not None]
+            if len({layout(t) for t in mixed}) > 1:
+                weights = all(tuple(t.shape) in self.weight_shapes for t in mixed)
+                (c.weight_conversions if weights else c.conversions)[self.phase, name] += 1
+        if written:
+            # An in-place write: the written tensor holds an activation if what flows into it does
+            # (out.copy_(activation) does; a running-statistics update also does, harmlessly: buffers
+            # are never saved for the backward pass).
+            targets = [args[i] for i in written if i < len(args) and isinstance(args[i], torch.Tensor)]
+            sources = [t for t in ins if all(t is not w for w in targets)]
+            if any(_key(t) in self.activations for t in sources):
+                for t in targets:
+                    self.activations.add(_key(t))
+                    self._alive.append(t)
+        elif any(_key(t) in self.activations for t in ins):
             for t in outs:
                 self.activations.add(_key(t))
                 self._alive.append(t)
@@ -268,7 +282,7 @@ def trace_step(build, in_shape, micro: int, classes: int, amp: str, channels_las
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.zeros(micro, dtype=torch.long, device="cuda")
-        rec = Recorder([x])
+        rec = Recorder([x], [p.shape for p in net.parameters() if p.dim() == 4])
         with rec:
             with cuda_autocast(amp), torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
                 loss = F.cross_entropy(net(x).float(), y)

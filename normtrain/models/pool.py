@@ -2,12 +2,14 @@
 
 ``nn.AdaptiveAvgPool2d(1)`` computes ``x.mean((2, 3))`` (ATen's fast path for output size 1)
 and its backward is ``grad.expand(x.shape) / (H W)``: the division writes a new NCHW
-tensor, so in a channels_last network the first backward kernel of the last block
-(ReLU's, or the norm's) mixes NCHW and channels_last and converts one of them (the fake-CUDA
-audit counts it, docs/PERFORMANCE.md). Here the backward divides the small (N, C) gradient
-and returns it expanded (a view, no kernel), so the next kernel writes its result in the
-layout of its other input, the saved channels_last activation. Same values as
-``nn.AdaptiveAvgPool2d(1)`` (of which this is a subclass) in forward and backward.
+tensor (an expanded input gives TensorIterator no layout to follow), so in a channels_last
+network the backward kernels of the last block mix NCHW and channels_last, and where
+they are elementwise (NormProp's or NF's activation, a mean-only BN) the NCHW gradient
+runs on through the whole backward pass (the fake-CUDA audit counts these conversions,
+docs/PERFORMANCE.md). Here the backward divides the small (N, C) gradient and writes it,
+expanded, in the input's layout: the same one full-size write as before, in the layout the
+rest of the network uses. Same values as ``nn.AdaptiveAvgPool2d(1)`` (of which this is a
+subclass) in forward and backward.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ class _SpatialMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.shape = x.shape
+        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.layout = torch.channels_last if cl else torch.contiguous_format
         return x.mean(tuple(range(2, x.dim())), keepdim=True)
 
     @staticmethod
@@ -26,7 +30,7 @@ class _SpatialMean(torch.autograd.Function):
         count = 1
         for s in ctx.shape[2:]:
             count *= s
-        return (grad / count).expand(ctx.shape)
+        return (grad / count).expand(ctx.shape).contiguous(memory_format=ctx.layout)
 
 
 class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):

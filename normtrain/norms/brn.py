@@ -39,8 +39,8 @@ moving averages, and then calls ``F.batch_norm`` with that affine: the gradient 
 respect to x, gamma and beta is then exactly Algorithm 1's (BN's backward, with r and d
 as constants), autograd keeps what ``bn`` keeps (the input in its own dtype and the
 per-channel statistics) and the layer runs BN's kernels. The bounds (r_max, d_max)
-come from a Python copy of the step counter (one read of the buffer after building or
-loading, then counted on the host), so they cost no kernel; under torch.compile they are
+come from a Python copy of the step counter (counted on the host from 0, or from one read
+of the buffer after loading a state_dict), so they cost no kernel; under torch.compile they are
 computed on the device (`_bounds_tensor`), which compiles once instead of recompiling
 at every step. `brn_reference` is Algorithm 1 as tensor ops, which tests compare with.
 """
@@ -91,7 +91,7 @@ class BatchRenorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_std", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-        self._steps: int | None = None  # host copy of num_batches_tracked (None: read it at the next forward)
+        self._steps: int | None = 0  # host copy of num_batches_tracked (None: read it at the next forward)
 
     def current_bounds(self) -> tuple[float, float]:
         return bounds(int(self.num_batches_tracked), self.r_max, self.d_max, self.relax_start,

@@ -207,7 +207,7 @@ class _S0(torch.autograd.Function):
         ctx.save_for_backward(x, v, weight, mean, std)
         ctx.groups = groups
         h = _group_view(xf * torch.sigmoid(xf * _view(v, xf)), groups) / std
-        return affine_reference(h.view(x.shape), weight, bias)
+        return affine_reference(h.view(x.shape), weight, bias).to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy):

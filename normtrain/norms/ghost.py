@@ -82,30 +82,91 @@ def ghost_norm_reference(x: torch.Tensor, g: int, weight: torch.Tensor | None, b
     return y.reshape(x.shape), mean.detach().reshape(g, c), chunk_vars
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-d tensor in that layout (and not also NCHW-contiguous), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-def chunks_to_channels(x: torch.Tensor, g: int) -> torch.Tensor:
-    """(G*m, C, *S) -> (m, G*C, *S): channel j*C + c of sample i is channel c of sample j*m + i.
+def _swap_chunks(x: torch.Tensor, a: int, b: int, fmt: torch.memory_format) -> torch.Tensor:
+    """x viewed as (a, b, C, *S), dims 0 and 1 swapped, as a new (b, a*C, *S) tensor in layout `fmt`.
 
-    One copy; a channels_last input gives a channels_last result (NHWC memory throughout).
+    One copy kernel; the result is a fresh tensor (not a view), so an in-place activation after
+    the norm (ReLU's) does not send autograd through its view-rebase path, which copies the
+    gradient into NCHW (the fake-CUDA audit counted 33 such copies in a ResNet-50's backward).
     """
+    c, s = x.shape[1], tuple(x.shape[2:])
+    out = torch.empty((b, a * c) + s, dtype=x.dtype, device=x.device, memory_format=fmt)
+    out.view((b, a, c) + s).copy_(x.view((a, b, c) + s).transpose(0, 1))
+    return out
+
+
+class _ChunksToChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, g: int):
+        ctx.g, ctx.fmt = g, _layout(x)
+        return _swap_chunks(x, g, x.shape[0] // g, ctx.fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        m = grad.shape[0]
+        return _unswap(grad, ctx.g, m, ctx.fmt), None
+
+
+def _unswap(y: torch.Tensor, g: int, m: int, fmt: torch.memory_format) -> torch.Tensor:
+    """The inverse of `_swap_chunks`: (m, g*C, *S) -> (g*m, C, *S)."""
+    c, s = y.shape[1] // g, tuple(y.shape[2:])
+    out = torch.empty((g * m, c) + s, dtype=y.dtype, device=y.device, memory_format=fmt)
+    out.view((g, m, c) + s).copy_(y.view((m, g, c) + s).transpose(0, 1))
+    return out
+
+
+class _ChannelsToChunks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, g: int):
+        ctx.g, ctx.fmt = g, _layout(y)
+        return _unswap(y, g, y.shape[0], ctx.fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _swap_chunks(grad, ctx.g, grad.shape[0] // ctx.g, ctx.fmt), None
+
+
+def _chunks_to_channels_views(x: torch.Tensor, g: int) -> torch.Tensor:
+    """`chunks_to_channels` with reshapes (what torch.compile traces; inductor turns it into indexing)."""
     n, c, s = x.shape[0], x.shape[1], tuple(x.shape[2:])
     m = n // g
-    if _channels_last(x):
+    if _layout(x) == torch.channels_last:
         h = x.permute(0, 2, 3, 1).reshape((g, m) + s + (c,))            # a view of the NHWC memory
         return h.permute(1, 2, 3, 0, 4).reshape((m,) + s + (g * c,)).permute(0, 3, 1, 2)
     return x.reshape((g, m, c) + s).transpose(0, 1).reshape((m, g * c) + s)
 
 
-def channels_to_chunks(y: torch.Tensor, g: int) -> torch.Tensor:
-    """The inverse of `chunks_to_channels`."""
+def _channels_to_chunks_views(y: torch.Tensor, g: int) -> torch.Tensor:
     m, c, s = y.shape[0], y.shape[1] // g, tuple(y.shape[2:])
-    if _channels_last(y):
+    if _layout(y) == torch.channels_last:
         h = y.permute(0, 2, 3, 1).reshape((m,) + s + (g, c))
         return h.permute(3, 0, 1, 2, 4).reshape((g * m,) + s + (c,)).permute(0, 3, 1, 2)
     return y.reshape((m, g, c) + s).transpose(0, 1).reshape((g * m, c) + s)
+
+
+def chunks_to_channels(x: torch.Tensor, g: int) -> torch.Tensor:
+    """(G*m, C, *S) -> (m, G*C, *S): channel j*C + c of sample i is channel c of sample j*m + i.
+
+    One copy; a channels_last input gives a channels_last result (NHWC memory throughout),
+    and the result is not a view (`_swap_chunks`).
+    """
+    if torch.compiler.is_compiling():
+        return _chunks_to_channels_views(x, g)
+    return _ChunksToChannels.apply(x, g)
+
+
+def channels_to_chunks(y: torch.Tensor, g: int) -> torch.Tensor:
+    """The inverse of `chunks_to_channels`."""
+    if torch.compiler.is_compiling():
+        return _channels_to_chunks_views(y, g)
+    return _ChannelsToChunks.apply(y, g)
 
 
 def _ghost_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
