@@ -208,7 +208,9 @@ def cmd_list(argv: list[str]) -> int:
         if what == "recipes":
             rows = [(n, _recipe_summary(n)) for n in config.recipe_names()]
         else:
-            rows = [(n, registries[what].summary(n)) for n in registries[what].names()]
+            reg = registries[what]
+            rows = [(n, reg.summary(n) + (f" [{reg.package_of(n)}]" if reg.package_of(n) else ""))
+                    for n in reg.names()]
         print(f"{what}:")
         print(_columns(rows, indent="  "))
     return EXIT_OK

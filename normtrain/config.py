@@ -26,7 +26,8 @@ from typing import Any, Optional
 import yaml
 
 from .errors import UsageError
-from .norms.options import NormOptions
+from . import norms
+from .norms.options import SharedOptions
 
 #: libyaml's safe loader where PyYAML has it (the same YAML, several times faster than the pure-Python one).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -72,6 +73,11 @@ class ModelConfig:
     options: dict = field(default_factory=dict)
     """Extra keyword options of the network builder (e.g. widths for mlp); unknown ones are an error."""
 
+    def builder_options(self) -> dict:
+        """The keyword options of the network builder: `options`, plus `dropout` when it is on (so a
+        network without dropout, e.g. one from another package, needs no dropout argument)."""
+        return {**({"dropout": self.dropout} if self.dropout else {}), **self.options}
+
     def check(self):
         _range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_options(self.options)
@@ -79,15 +85,27 @@ class ModelConfig:
 
 
 @dataclass
-class NormConfig(NormOptions):
+class NormName:
     name: str = "bn"
     """Normalization method (`normtrain list norms`); the other keys are its knobs."""
 
-    def check(self):
-        NormOptions.check(self)
-
     def options(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(NormOptions)}
+        """The knobs (every norm.* key but name), as `normtrain.norms.get` takes them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+
+
+@functools.lru_cache(maxsize=None)
+def norm_config() -> type:
+    """The class of a recipe's `norm:` section: `name` and every method's knobs (`norms.options_class`,
+    which reads each method's ``Options`` from its source; installed methods' included). Built on first use."""
+    return dataclass(type("NormConfig", (NormName, norms.options_class()), {"__module__": __name__,
+                                                                           "__qualname__": "NormConfig"}))
+
+
+def __getattr__(name: str):
+    if name == "NormConfig":  # built on first use (norm_config), so importing this module reads no method
+        return norm_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Training augmentation pipelines (evaluation always uses the matching deterministic resize/centre crop).
@@ -302,7 +320,7 @@ class Recipe:
     """What the recipe reproduces, with the paper and section."""
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    norm: NormConfig = field(default_factory=NormConfig)
+    norm: SharedOptions = field(default_factory=lambda: norm_config()())  # a NormConfig: the keys come from the methods
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -578,8 +596,8 @@ def dataclass_docs(cls) -> dict[str, str]:
     """{field: docstring} for a dataclass whose fields carry a string literal right under them (MRO included)."""
     docs = {}
     for klass in reversed(cls.__mro__):
-        if klass is object or not dataclasses.is_dataclass(klass):
-            continue
+        if klass is object or not dataclasses.is_dataclass(klass) or not vars(klass).get("__annotations__"):
+            continue  # declares no field of its own (e.g. the NormConfig put together from its parts)
         node = _class_nodes(sys.modules[klass.__module__].__file__).get(klass.__qualname__)
         if node is None:  # not a top-level class of its file
             node = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]

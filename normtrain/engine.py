@@ -175,7 +175,7 @@ def setup_model(recipe: config.Recipe, d: dist.Dist, num_classes: int, in_shape,
     torch.manual_seed(recipe.run.seed)
     bundle = bundle if bundle is not None else norms.get(recipe.norm.name, **recipe.norm.options())
     raw = models.build(recipe.model.name, bundle, num_classes, in_shape, init=recipe.model.init,
-                       drop_path=recipe.model.drop_path, dropout=recipe.model.dropout, **recipe.model.options)
+                       drop_path=recipe.model.drop_path, **recipe.model.builder_options())
     raw.to(d.device)
     if recipe.train.channels_last if channels_last is None else channels_last:
         raw.to(memory_format=torch.channels_last)
@@ -202,8 +202,7 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
     try:
         with torch.device("meta"):
             net = models.build(recipe.model.name, bundle, num_classes, in_shape, init="default",
-                               drop_path=recipe.model.drop_path, dropout=recipe.model.dropout,
-                               **recipe.model.options)
+                               drop_path=recipe.model.drop_path, **recipe.model.builder_options())
             net.train()
             traced = max(micro, 2)
             # The forward, counting every layer's output as it goes (activations scale with the batch).

@@ -92,7 +92,7 @@ def estimate(recipe, in_shape, num_classes: int, micro_batch: int, amp: str | No
         bundle = norms.get(recipe.norm.name, **recipe.norm.options())
         with torch.device("meta"):
             model = models.NETWORKS[recipe.model.name](bundle, num_classes, tuple(in_shape),
-                                                       dropout=recipe.model.dropout, **recipe.model.options)
+                                                       **recipe.model.builder_options())
             x = torch.empty((micro_batch, *in_shape))
         elem = 2 if (amp or recipe.train.amp) in ("bf16", "fp16") else None
         acts = activation_bytes(model, x, elem)

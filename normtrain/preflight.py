@@ -24,4 +24,4 @@ def validate(recipe: config.Recipe) -> None:
     from . import models, norms
     check_names(recipe)  # first: an unknown name is reported without importing torch
     norms.get(recipe.norm.name, **recipe.norm.options())
-    models.check_options(recipe.model.name, {"dropout": recipe.model.dropout, **recipe.model.options})
+    models.check_options(recipe.model.name, recipe.model.builder_options())

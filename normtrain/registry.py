@@ -9,7 +9,8 @@ list`, `--help` and bad input answer without loading torch.
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Generic, Iterable, TypeVar
+import sys
+from typing import Dict, Generic, Iterable, NamedTuple, TypeVar
 
 from . import static
 from .errors import UsageError
@@ -40,31 +41,64 @@ def lazy_getattr(package: str, attributes: Dict[str, str]):
     return __getattr__
 
 
+class Installed(NamedTuple):
+    """An entry an installed package declares through an entry point (``module:attr``), not yet imported."""
+    module: str
+    attr: str | None
+
+
 class Registry(Generic[T]):
     """A read-only mapping from a user-facing name to a builder, loaded on first use.
 
     Unknown names raise UsageError listing every valid choice, so every registry
     gives the same one-line error at the command line.
+
+    With `group`, installed packages add entries through that Python entry-point
+    group (``[project.entry-points."normtrain.norms"] mine = "my_pkg.mine:build"``):
+    they are looked up the first time a name is not a built-in one or the names are
+    listed, and are imported, like the built-in entries, only when used. A package's
+    entry may not take a built-in name (it is left out, with a warning).
     """
 
-    def __init__(self, kind: str, items: Dict[str, object], package: str = ""):
+    def __init__(self, kind: str, items: Dict[str, object], package: str = "", group: str | None = None):
         self.kind = kind
         self.package = package
+        self.group = group
         self._items = dict(items)
+        self._plugins_read = group is None
+        self._packages: Dict[str, str] = {}
+
+    def _plugins(self) -> None:
+        """Add the entries installed packages declare in entry-point group `group` (once)."""
+        if self._plugins_read:
+            return
+        self._plugins_read = True
+        from importlib.metadata import entry_points  # ~40 ms: only when a name is not built in, or for lists
+        for ep in entry_points(group=self.group):
+            if ep.name in self._items:
+                dist = getattr(ep.dist, "name", None) or "an installed package"
+                print(f"normtrain: warning: {dist} registers {self.kind} '{ep.name}' ({ep.value}) in entry-point "
+                      f"group {self.group}, but that name is taken; ignored", file=sys.stderr)
+                continue
+            self._items[ep.name] = Installed(ep.module, ep.attr or None)
+            self._packages[ep.name] = getattr(ep.dist, "name", None) or ep.value
 
     def _where(self, name: str) -> tuple[str, str | None]:
-        module, _, attr = self._items[name].partition(":")
+        entry = self._items[name]
+        if isinstance(entry, Installed):
+            return entry.module, entry.attr
+        module, _, attr = entry.partition(":")
         return f"{self.package}.{module}", attr or None
 
     def require(self, name: str) -> None:
-        """UsageError unless `name` is registered (imports nothing)."""
-        if name not in self._items:
+        """UsageError unless `name` is registered (imports no entry)."""
+        if name not in self:
             raise UsageError(f"unknown {self.kind} '{name}'; choose from: {', '.join(self.names())}")
 
     def __getitem__(self, name: str) -> T:
         self.require(name)
         entry = self._items[name]
-        if isinstance(entry, str):
+        if isinstance(entry, (str, Installed)):
             module, attr = self._where(name)
             obj = importlib.import_module(module)
             entry = getattr(obj, attr) if attr else obj
@@ -72,20 +106,33 @@ class Registry(Generic[T]):
         return entry
 
     def __contains__(self, name: str) -> bool:
+        if name not in self._items:
+            self._plugins()
         return name in self._items
 
     def names(self) -> list[str]:
+        self._plugins()
         return sorted(self._items)
 
     def items(self) -> Iterable[tuple[str, T]]:
         """(name, builder) pairs; imports every entry."""
         return [(n, self[n]) for n in self.names()]
 
+    def modules(self) -> list[str]:
+        """The modules that define the entries, once each, built-in ones first in registration order (imports none)."""
+        self._plugins()
+        return list(dict.fromkeys(self.source(n)[0] for n in self._items))
+
+    def package_of(self, name: str) -> str | None:
+        """The installed distribution that registered entry `name`, or None for a built-in one."""
+        self.require(name)
+        return self._packages.get(name)
+
     def source(self, name: str) -> tuple[str, str | None]:
         """(module, attribute or None) of entry `name`, without importing it."""
         self.require(name)
         entry = self._items[name]
-        if isinstance(entry, str):
+        if isinstance(entry, (str, Installed)):
             return self._where(name)
         if isinstance(entry, type(importlib)):
             return entry.__name__, None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import __future__
 import ast
+import importlib.util
 import inspect
 import io
 import re
@@ -41,10 +42,21 @@ CHEAP = {"yaml"}
 
 
 def path_of(module: str) -> Path | None:
-    """The source file of normtrain module `module` (dotted, absolute), or None."""
+    """The source file of module `module` (dotted, absolute), or None.
+
+    normtrain's own modules are found from this file's location. Any other module
+    (a method or network an installed package registers, see `normtrain.registry`)
+    is found with `importlib.util.find_spec`, which imports its parent packages but
+    not the module itself: call it only with such names, never with torch's.
+    """
     parts = module.split(".")
     if parts[0] != "normtrain":
-        return None
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        origin = getattr(spec, "origin", None) if spec is not None else None
+        return Path(origin) if origin and origin.endswith(".py") else None
     base = ROOT.joinpath(*parts[1:])
     for p in (base.with_suffix(".py"), base / "__init__.py"):
         if p.is_file():
@@ -63,6 +75,28 @@ def _tree(module: str) -> ast.Module:
     if path is None:
         raise ModuleNotFoundError(module)
     return parse(str(path))
+
+
+@lru_cache(maxsize=None)
+def head(path: str, upto: str) -> ast.Module:
+    """The syntax tree of a source file's beginning, up to the end of its top-level definition `upto`.
+
+    Parses only that prefix (a method's ``Options`` sits after the imports of a file
+    that goes on for hundreds of lines). The prefix ends at the first line after the
+    definition's header that starts in column 0 and leaves a complete module; a line
+    in column 0 inside a string or brackets leaves an incomplete one and is passed
+    over. LookupError if the file has no such top-level definition.
+    """
+    text = Path(path).read_text()
+    m = re.search(rf"^(?:async\s+def|def|class)\s+{re.escape(upto)}\b", text, re.M)
+    if m is None:
+        raise LookupError(f"{path} has no top-level definition '{upto}'")
+    for line in re.finditer(r"^[^\s#]", text[m.end():], re.M):
+        try:
+            return ast.parse(text[:m.end() + line.start()], path)
+        except SyntaxError:
+            continue
+    return parse(path)
 
 
 def docstring(module: str, attr: str | None = None) -> str:
@@ -161,18 +195,36 @@ def _resolve(module: str):
     return light(module)
 
 
-def light(module: str) -> types.ModuleType:
-    """The stand-in of normtrain module `module` (see the module docstring); cached."""
-    name = PREFIX + module
+def _resolve_light(module: str):
+    """A normtrain module for real if it is light, otherwise None (left out)."""
+    if is_light(module):
+        __import__(module)
+        return sys.modules[module]
+    return None
+
+
+def light(module: str, upto: str | None = None) -> types.ModuleType:
+    """The stand-in of module `module` (see the module docstring); cached.
+
+    With `upto`, only the source up to the end of the top-level definition `upto` is
+    read (`head`; LookupError if there is none) and only light normtrain modules are
+    imported by it: a quick read of one declaration near the top of a heavy file, such
+    as a method's ``Options``.
+    """
+    name = PREFIX + module + (f":{upto}" if upto else "")
     if name in sys.modules:
         return sys.modules[name]
     path = path_of(module)
+    if path is None:
+        raise ModuleNotFoundError(module)
+    tree = _tree(module) if upto is None else head(str(path), upto)
+    resolve = _resolve if upto is None else _resolve_light
     mod = types.ModuleType(name, docstring(module) or None)
     # Relative imports inside its functions resolve against the real package.
     mod.__dict__.update(__file__=str(path), __package__=_package(module), __spec__=None)
     sys.modules[name] = mod
     flags = 0
-    for node in _tree(module).body:
+    for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
             for a in node.names:
                 flags |= getattr(__future__, a.name).compiler_flag
@@ -190,11 +242,13 @@ def light(module: str) -> types.ModuleType:
                 if target.startswith("normtrain"):
                     for a in node.names:
                         sub = f"{target}.{a.name}"
-                        if path_of(sub) is not None:
-                            mod.__dict__[a.asname or a.name] = _resolve(sub)
-                        elif a.name in vars(_resolve(target)):
-                            mod.__dict__[a.asname or a.name] = vars(_resolve(target))[a.name]
-                        # else: a package's lazily loaded attribute (loading it imports torch): left out
+                        source = resolve(sub) if path_of(sub) is not None else None
+                        if source is not None:
+                            mod.__dict__[a.asname or a.name] = source
+                        elif path_of(sub) is None and a.name in vars(resolve(target) or types.ModuleType("")):
+                            mod.__dict__[a.asname or a.name] = vars(resolve(target))[a.name]
+                        # else: a package's lazily loaded attribute (loading it imports torch), or a
+                        # heavy module read with `upto`: left out
                 elif _external_ok(target):
                     src = __import__(target, fromlist=[a.name for a in node.names])
                     for a in node.names:

@@ -24,11 +24,16 @@ def test_ci_runs_the_readme_test_command():
     assert setup_commands()[1] in ci.splitlines()
 
 
-def test_readme_lists_every_method_and_network():
+def test_readme_lists_every_method_network_and_knob():
+    """Everything a user can pick is in the README; a miss is named in one line, with where it goes."""
     from normtrain import models, norms
     text = (ROOT / "README.md").read_text()
-    for name in norms.names() + models.names():
-        assert f"`{name}`" in text, name
+    missing = [f"method `{n}`" for n in norms.names() if f"`{n}`" not in text]
+    missing += [f"network `{n}`" for n in models.names() if f"`{n}`" not in text]
+    missing += [f"knob `{k}` ({owner})" for k, owner in norms.options_class()._owners.items()
+                if not re.search(rf"`(norm\.)?{k}\b", text)]
+    assert not missing, (f"README.md does not mention {', '.join(missing)}: give a method a row, with its knobs, "
+                         f"in '## Normalization methods', a network a mention in '## Networks'")
 
 
 def _scenario_table():

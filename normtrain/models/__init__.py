@@ -7,7 +7,9 @@ Adding a network: one file in this folder with a builder
 ``build_x(norm, num_classes, in_shape, **options) -> nn.Module`` and one line
 ``"name": "module:builder"`` in ``NETWORKS`` below; the builder's docstring is
 its one-line summary in ``normtrain list models``. Builders take the bundle and
-never branch on its name.
+never branch on its name. A network from another package registers its builder
+through the entry-point group ``normtrain.networks`` instead of the line (README,
+"Adding a method or a network").
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ NETWORKS = Registry("model", {
     "resnet20": "resnet:build_resnet20",
     "resnet56": "resnet:build_resnet56",
     "wrn28-10": "resnet:build_wrn28_10",
-}, __name__)
+}, __name__, group="normtrain.networks")
 
 #: Weight initialisation schemes (`model.init`), implemented in init.py.
 SCHEMES = ("kaiming", "xavier", "caffe-xavier", "default")

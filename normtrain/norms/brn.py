@@ -46,11 +46,37 @@ at every step. `brn_reference` is Algorithm 1 as tensor ops, which tests compare
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
+
+
+@dataclass
+class Options:
+    brn_r_max: float = 3.0
+    """Batch Renormalization: final bound r_max on r = sigma_B / sigma (Ioffe 2017 §4: 3)."""
+    brn_d_max: float = 5.0
+    """Batch Renormalization: final bound d_max on d = (mu_B - mu) / sigma (Ioffe 2017 §4: 5)."""
+    brn_relax_start: int = 5000
+    """Batch Renormalization: training forwards with r_max = 1, d_max = 0 (plain BN) before the bounds are relaxed (Ioffe 2017 §4: 5000 steps). Counted per layer in training-mode forwards, i.e. optimizer steps x train.accum_steps."""
+    brn_r_max_at: int = 40000
+    """Batch Renormalization: training forward at which r_max reaches brn_r_max, rising linearly from 1 after brn_relax_start (Ioffe 2017 §4: 40k)."""
+    brn_d_max_at: int = 25000
+    """Batch Renormalization: training forward at which d_max reaches brn_d_max, rising linearly from 0 after brn_relax_start (Ioffe 2017 §4: 25k)."""
+
+    def check(self) -> None:
+        if self.brn_r_max < 1:
+            raise ValueError("brn_r_max must be >= 1")
+        if self.brn_d_max < 0:
+            raise ValueError("brn_d_max must be >= 0")
+        if self.brn_relax_start < 0:
+            raise ValueError("brn_relax_start must be >= 0")
+        if self.brn_r_max_at < self.brn_relax_start or self.brn_d_max_at < self.brn_relax_start:
+            raise ValueError("brn_r_max_at and brn_d_max_at must be >= brn_relax_start")
 
 
 def bounds(step: int, r_max: float, d_max: float, relax_start: int, r_max_at: int, d_max_at: int) -> tuple[float, float]:

@@ -54,7 +54,8 @@ import inspect
 import torch
 from torch import nn
 
-from .options import NormOptions
+from . import residual
+from .joins import Add
 
 #: Attribute set on the module a bundle builds with ``last=True`` (the network's output layer).
 OUTPUT_LAYER = "is_output_layer"
@@ -78,13 +79,6 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if getattr(m, OUTPUT_LAYER, False)]
 
 
-class Add(nn.Module):
-    """Plain residual join: shortcut + branch."""
-
-    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return shortcut + branch
-
-
 class Normalizer:
     """Base bundle: plain layers, ReLU, plain residual sum. Subclasses override what their method changes."""
 
@@ -101,8 +95,11 @@ class Normalizer:
             if builder in cls.__dict__:
                 setattr(cls, builder, _marks_output(cls.__dict__[builder]))
 
-    def __init__(self, options: NormOptions | None = None):
-        self.options = options or NormOptions()
+    def __init__(self, options=None):
+        if options is None:
+            from . import options_class  # the package's registry, above this module
+            options = options_class()()
+        self.options = options
 
     # -- layers ---------------------------------------------------------------
     def _bias(self, bias: bool | None) -> bool:
@@ -133,7 +130,6 @@ class Normalizer:
         return Add()
 
     def residual_join(self, inner: nn.Module, index: int, depth: int, drop_rate: float = 0.0) -> nn.Module:
-        from . import residual  # not at the top: residual -> nf -> bundle
         return residual.wrap(inner, self.options.residual, index, depth, self.options.residual_depth_power,
                              drop_rate)
 

@@ -36,11 +36,20 @@ two agree, forward and backward. TLU keeps only its output (trelu_wn.TReLU).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .bundle import Normalizer
 from .trelu_wn import TReLU
+
+
+@dataclass
+class Options:
+    frn_learn_eps: bool = False
+    """FRN: learn the epsilon, eps = norm.eps + |eps_l| with eps_l a learnable scalar per layer, init 1e-4 (Singh & Krishnan 2020, for 1x1 activation maps and fully connected layers)."""
+
 
 #: Initial value of the learned eps_l (Singh & Krishnan 2020, learned-epsilon variant).
 LEARNED_EPS_INIT = 1e-4

@@ -42,6 +42,8 @@ Statistics are computed in fp32 for fp16/bf16 input on every path.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +51,20 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .bundle import Normalizer
 from .options import NormShapeError
+
+
+@dataclass
+class Options:
+    ghost_groups: int = 4
+    """GhostNorm G_M: number of contiguous chunks the per-process batch is split into (ghost, seqnorm)."""
+    ghost_batch: int = 0
+    """GhostNorm samples per chunk (the papers' 'ghost batch size'); when > 0 it sets ghost_groups = per-process micro-batch / ghost_batch, so a recipe keeps its statistics whatever the process count."""
+
+    def check(self) -> None:
+        if self.ghost_groups < 1:
+            raise ValueError("ghost_groups must be >= 1")
+        if self.ghost_batch < 0 or self.ghost_batch == 1:
+            raise ValueError("ghost_batch must be 0 (use ghost_groups) or >= 2 samples per chunk")
 
 
 def ghost_norm_reference(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,

@@ -21,12 +21,24 @@ the statistics in fp32 anyway, and only the output is rounded, as for BatchNorm.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
 from .options import NormShapeError
+
+
+@dataclass
+class Options:
+    groups: int = 32
+    """GroupNorm groups (gn, ws-gn, gn-wn, evonorm-s0; the G_C of seqnorm). ln = 1 group, in = one per channel."""
+
+    def check(self) -> None:
+        if self.groups < 1:
+            raise ValueError("groups must be >= 1")
 
 
 def check_groups(num_channels: int, groups: int) -> None:

@@ -33,6 +33,7 @@ step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -40,7 +41,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
+from .joins import SkipGain  # noqa: F401 - the NF block's skip gain: nf.SkipGain
 from .wn import ReparamConv2d, ReparamLinear, fan_dims, per_channel
+
+
+@dataclass
+class Options:
+    nf_alpha: float = 0.2
+    """NF-ResNet alpha: rate at which the expected variance grows per residual block."""
+    nf_skip_gain: float = 0.0
+    """NF-ResNet initial learnable gain on each residual branch (0 = SkipInit; 1 for signal-propagation plots)."""
+
+    def check(self) -> None:
+        if self.nf_alpha <= 0:
+            raise ValueError("nf_alpha must be > 0")
+
 
 #: Brock et al.'s ReLU gamma: 1/std(relu(z)), z ~ N(0, 1) (analytically 1/sqrt(0.5 (1 - 1/pi)) = 1.71285).
 RELU_GAMMA = 1.7139588594436646
@@ -107,21 +122,6 @@ class Scale(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}"
-
-
-class SkipGain(nn.Module):
-    """``alpha * g * branch`` with g a learnable scalar, init `init` (0 = SkipInit, 1 for SPPs)."""
-
-    def __init__(self, alpha: float, init: float = 0.0):
-        super().__init__()
-        self.alpha = float(alpha)
-        self.gain = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (self.alpha * self.gain).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
 
 
 # -- expected-variance bookkeeping ------------------------------------------------

@@ -26,13 +26,28 @@ step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundle import Add, Normalizer
+from .bundle import Normalizer
+from .joins import Add, ScaledResidual
 from .wn import WNConv2d, WNLinear
+
+
+@dataclass
+class Options:
+    gamma_init: float = 1.0 / 1.21
+    """NormProp gamma initial value (Arpit et al. use 1/1.21)."""
+    residual_scale: bool = True
+    """NormProp residual modification: residual block output (shortcut + branch) / sqrt(2) (normprop only; norm.residual scales the branches of any method)."""
+
+    def check(self) -> None:
+        if self.gamma_init <= 0:
+            raise ValueError("gamma_init must be > 0")
+
 
 #: Mean of ReLU(z), z ~ N(0, 1): sqrt(1/(2 pi)).
 C0 = math.sqrt(1.0 / (2.0 * math.pi))
@@ -50,20 +65,6 @@ class NormPropReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"c0={C0:.5f}, c1={C1:.5f}"
-
-
-class ScaledResidual(nn.Module):
-    """``(shortcut + branch) * scale``; NormProp's residual modification uses scale = 1/sqrt(2)."""
-
-    def __init__(self, scale: float = 1.0 / math.sqrt(2.0)):
-        super().__init__()
-        self.scale = float(scale)
-
-    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return torch.add(shortcut, branch).mul_(self.scale)
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:.6f}"
 
 
 class NormProp(Normalizer):

@@ -34,7 +34,7 @@ with ``norm.residual_scale: true`` the /sqrt(2) of its join comes on top).
   normalization biases residual blocks towards the identity function in deep
   networks", NeurIPS) and, in the same form, ReZero (Bachlechner et al. 2020,
   "ReZero is all you need", x_{i+1} = x_i + alpha_i F(x_i), alpha_i = 0 at init).
-  The gain is nf's ``SkipGain`` (with alpha 1).
+  The gain is ``joins.SkipGain`` (with alpha 1), the NF-ResNet skip gain.
 
 Stochastic depth (Huang et al. 2016, "Deep networks with stochastic depth",
 ECCV; ``model.drop_path``) drops the branch of each sample with probability
@@ -53,7 +53,7 @@ import math
 import torch
 from torch import nn
 
-from .nf import SkipGain
+from .joins import SkipGain
 from .options import RESIDUAL_SCALINGS as SCALINGS
 
 

@@ -49,11 +49,25 @@ step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .bundle import Add, Normalizer
+from .bundle import Normalizer
+from .joins import Add
 from .wn import WNConv2d, WNLinear
+
+
+@dataclass
+class Options:
+    trelu_join: str = "add"
+    """trelu-wn residual join: 'add' (plain sum) or 'weighted' (Xiang & Li's L2-normalised weighted addition, init: the shortcut alone)."""
+
+    def check(self) -> None:
+        if self.trelu_join not in ("add", "weighted"):
+            raise ValueError("trelu_join must be 'add' or 'weighted'")
+
 
 #: Added to the squared norm of the join weights (Xiang & Li's WeightNormalizedAddition).
 JOIN_EPS = 1e-6

@@ -20,11 +20,23 @@ of once per micro-batch (forward and backward of the reparametrisation), see
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
+
+
+@dataclass
+class Options:
+    init: str = "unit"
+    """WN initialisation: 'unit' (g = 1, b = 0, the paper's equation) or 'data' (Salimans & Kingma data-dependent init on the first batch)."""
+
+    def check(self) -> None:
+        if self.init not in ("unit", "data"):
+            raise ValueError("init must be 'unit' or 'data'")
 
 
 # -- shared helpers -------------------------------------------------------------

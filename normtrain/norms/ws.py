@@ -40,12 +40,28 @@ step, not per micro-batch (`ReparamConv2d`/`ReparamLinear` in wn.py, norms/step_
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .bundle import Normalizer
 from .gn import group_norm
 from .wn import ReparamConv2d, ReparamLinear, fan_dims, per_channel
+
+
+@dataclass
+class Options:
+    ws_center: bool = True
+    """WS: subtract the per-output-channel weight mean (WS eq. 5 when used alone)."""
+    ws_scale: bool = True
+    """WS: divide by the per-output-channel root mean square of the (centred) weight + eps (WS eq. 6); with centering this is the biased std (eq. 2), alone it is the RMS of the raw weight."""
+    ws_affine: bool = False
+    """WS '+AF': learnable per-channel gain and bias on the standardized weight (WS Table 2, harmful)."""
+
+    def check(self) -> None:
+        if not (self.ws_center or self.ws_scale):
+            raise ValueError("ws_center and ws_scale cannot both be false")
 
 
 class _Standardize:
