@@ -47,14 +47,22 @@ def check_groups(num_channels: int, groups: int) -> None:
                              f"(C={num_channels}, groups={groups}); choose norm.groups dividing every layer's width")
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype in force for x's device, or None (also for devices without autocast: meta)."""
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 def amp_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:
     """``F.group_norm`` that, under autocast, runs in the autocast dtype (timm's ``fast_group_norm``)
     instead of autocast's fp32; outside autocast it is ``F.group_norm``."""
-    device = x.device.type
-    if not torch.is_autocast_enabled(device):
+    dtype = autocast_dtype(x)
+    if dtype is None:
         return F.group_norm(x, groups, weight, bias, eps)
-    dtype = torch.get_autocast_dtype(device)
+    device = x.device.type
     x = x.to(dtype)
     weight = weight.to(dtype) if weight is not None else None
     bias = bias.to(dtype) if bias is not None else None

@@ -32,7 +32,7 @@ from torch import nn
 
 from .bundle import Normalizer
 from .ghost import GhostBatchNorm, channels_to_chunks, chunks_to_channels
-from .gn import amp_group_norm, check_groups
+from .gn import amp_group_norm, autocast_dtype, check_groups
 
 
 def _group_norm(x: torch.Tensor, groups: int, eps: float):
@@ -92,8 +92,9 @@ class SeqNorm(nn.Module):
             return self.ghost(amp_group_norm(x, self.groups, None, None, self.eps))
         ghost = self.ghost
         ghost._chunk_size(x.shape[0])
-        if torch.is_autocast_enabled(x.device.type):  # GroupNorm in the autocast dtype (`amp_group_norm`)
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        dtype = autocast_dtype(x)
+        if dtype is not None:  # GroupNorm in the autocast dtype (`amp_group_norm`)
+            x = x.to(dtype)
         if x.device.type != "cpu":  # as F.group_norm does: the CUDA kernels take NCHW only
             x = x.contiguous()
         y, stats = _SeqNormFunction.apply(x, ghost.weight, ghost.bias, self.groups, ghost.ghost_groups, self.eps)
