@@ -97,3 +97,41 @@ def test_bad_data_is_one_line_exit_2_nothing_written(cli, tmp_path):
     p = cli("doctor", "--data", tmp_path, "--out", tmp_path / "d.json")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "train/" in p.stderr
     assert not (tmp_path / "d.json").exists()
+
+
+def test_usable_cpus_follow_the_cgroup_quota(tmp_path):
+    from normtrain import cpus
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job\n")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "cpu.max").write_text("800000 100000\n")          # docker run --cpus 8
+    assert cpus.quota(tmp_path, proc) == 8.0
+    (tmp_path / "job" / "cpu.max").write_text("max 100000\n")
+    assert cpus.quota(tmp_path, proc) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("250000\n")
+    (v1 / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:cpu,cpuacct:/\n")
+    assert cpus.quota(v1, proc) == 2.5
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpus.quota(v1, proc) is None
+    assert 1 <= cpus.available() <= cpus.affinity()
+
+
+def test_docker_entrypoint_keeps_stdout_for_normtrain(tmp_path):
+    """NGC's banner (printed by its entrypoint on stdout) goes to stderr; normtrain's stdout stays clean."""
+    import os
+    ngc = tmp_path / "ngc.sh"
+    ngc.write_text('#!/bin/bash\necho "== PyTorch == NGC banner"\necho "WARNING: The NVIDIA Driver was not detected."\n'
+                   'exec "$@"\n')
+    fake = tmp_path / "normtrain"
+    fake.write_text('#!/bin/bash\necho "run,status"\necho "args:$*"\necho "progress" >&2\n')
+    for f in (ngc, fake):
+        f.chmod(0o755)
+    p = subprocess.run([str(ROOT / "docker" / "entrypoint.sh"), "runs", "--csv", "a b"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "NGC_ENTRYPOINT": str(ngc), "NORMTRAIN": str(fake)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "run,status\nargs:runs --csv a b\n"
+    assert "NGC banner" in p.stderr and "WARNING" in p.stderr and "progress" in p.stderr
+    assert "/opt/normtrain/entrypoint.sh" in (ROOT / "Dockerfile").read_text()

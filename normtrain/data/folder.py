@@ -24,7 +24,6 @@ on ``ctx.device``, int64 labels).
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import warnings
 from typing import Iterator
@@ -102,12 +101,10 @@ def _reason(e: Exception) -> str:
 
 
 def usable_workers(requested: int) -> int:
-    """`data.workers`, at most the CPUs this process may use (more only oversubscribes them)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return min(requested, cpus)
+    """`data.workers`, at most the CPUs this process may use (affinity and cgroup quota: `cpus.available`;
+    more only oversubscribes them)."""
+    from .. import cpus
+    return min(requested, cpus.available())
 
 
 class _Bad:
