@@ -22,6 +22,7 @@ CASES = {
     "cifar10-nv": ((3, 28, 28), 10, {}),
     "resnet56": ((3, 32, 32), 10, {"groups": 4}),
     "resnet20": ((3, 16, 16), 10, {"groups": 4}),
+    "resnet8": ((3, 16, 16), 10, {"groups": 4}),
     "wrn28-10": ((3, 16, 16), 100, {"groups": 4}),
     "resnet18": ((3, 64, 64), 5, {}),
     "resnet50": ((3, 64, 64), 5, {}),
@@ -96,7 +97,7 @@ def test_forward_backward_roundtrip(net, method):
 
 def test_every_network_is_registered():
     expected = {"mlp", "linear50", "cifar10-nv", "resnet18", "resnet50", "resnet101", "resnext50-32x4d",
-                "resnext101-32x4d", "preact-resnet50", "nf-resnet50", "resnet56", "wrn28-10"}
+                "resnext101-32x4d", "preact-resnet50", "nf-resnet50", "resnet56", "resnet20", "resnet8", "wrn28-10"}
     assert expected <= set(models.names())
 
 
@@ -236,6 +237,29 @@ def test_cifar10_nv_shapes_and_final_relu():
     assert bool((pool_in >= 0).all())                               # conv9 is followed by ReLU
     layers = list(m.net)
     assert isinstance(layers[-3], nn.ReLU) and isinstance(layers[-2], nn.AdaptiveAvgPool2d)
+
+
+@pytest.mark.parametrize("method", ["none", "wn", "bn"])
+def test_preact_identity_shortcut_carries_the_raw_input(method):
+    """x + f(x) in every pre-activation block without projection, also for methods whose pre-activation norm is
+    the identity (an in-place ReLU on the block input would turn the shortcut into ReLU(x))."""
+    torch.manual_seed(0)
+    m = models.build("preact-resnet50", method, 5, (3, 32, 32)).train()
+    block = m.layer2[1]
+    x = torch.randn(2, block.residual_branch[0].num_features if method == "bn" else 512, 4, 4)
+    with torch.no_grad():
+        ref = x.clone() + block.residual_branch(x.clone())
+        out = block(x)
+    torch.testing.assert_close(out, ref)
+
+
+def test_cifar10_nv_width_option_scales_the_channels_only():
+    full = [c.out_channels for c in models.build("cifar10-nv", "bn", 10, (3, 28, 28)).modules()
+            if isinstance(c, nn.Conv2d)]
+    assert full == [128, 128, 128, 256, 256, 256, 320, 320, 10]
+    m = models.build("cifar10-nv", "bn", 10, (1, 16, 16), width=0.125)
+    assert [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)] == [16, 16, 16, 32, 32, 32, 40, 40, 10]
+    assert m(torch.randn(2, 1, 16, 16)).shape == (2, 10)            # 16 -> 8 -> 4 -> conv7 -> 2x2
 
 
 def test_cifar10_nv_caffe_xavier_bound():

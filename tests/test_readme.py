@@ -75,4 +75,7 @@ def test_scenario_table_render_format():
     assert "reproduced: x = 1" in rows[0] and "**not reproduced**: y = 2 (at `steps=5`)" in rows[1]
     assert "not run yet" in rows[2]
     assert "[b-extra](docs/scenarios/b-extra.png)" in out
+    verdicts["c"] = dict(verdicts["b"], state="inconclusive", headline="z = 3", non_default_params={})
+    row_c = [l for l in tool.render(verdicts, sums).splitlines() if l.startswith("| `c`")][0]
+    assert "**inconclusive**: z = 3" in row_c and "not reproduced" not in row_c
     assert tool.plot_names("x", ["loss_curves.png", "output_norms.png"]) == ["x.png", "x-output-norms.png"]

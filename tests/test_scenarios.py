@@ -31,6 +31,12 @@ SMOKE = {
     "ghost-equivalence": ["steps=2", "widths=[16]", "batch_size=16"],
     "ws-curves": ["steps=3", "seeds=2", "batch_size=8"],
     "nf-ablation": ["image_size=32", "batch_size=4"],
+    "ws-hessian": ["width=4", "groups=2", "channels=2", "seeds=1", "train_steps=2", "batch_size=8"],
+    "ws-micro-batch": ["epochs=0.02", "seeds=2", "batch_size=4", "per_image_images=16"],
+    "ghost-ranking": ["epochs=0.1", "seeds=2", "batch_size=16", "ghost_batches=[8, 4]", "seq_ghost_batch=8"],
+    "wn-small-net": ["epochs=0.01", "seeds=2", "batch_size=16", "width=0.0625"],
+    "trelu-wn-instability": ["model=resnet8", "steps=6", "record_every=2", "batch_size=8"],
+    "residual-scalings": ["image_size=32", "batch_size=4", "scalings=[sqrt2]"],
 }
 
 

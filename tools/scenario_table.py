@@ -53,7 +53,9 @@ def non_default(name: str, params: dict) -> dict:
 def entry(name: str, res: dict) -> dict:
     """What verdicts.json keeps of one results.json."""
     v = res["verdict"]
-    return {"reproduced": v["reproduced"], "headline": v.get("headline") or v["measured"], "claim": v["claim"],
+    return {"reproduced": v["reproduced"], "state": v.get("state") or ("reproduced" if v["reproduced"] else
+                                                                     "not reproduced"),
+            "headline": v.get("headline") or v["measured"], "claim": v["claim"],
             "criterion": v["criterion"], "non_default_params": non_default(name, res["params"]),
             "runtime_s": res.get("runtime_s"), "cpu_s": res.get("cpu_s"), "device": res.get("device"),
             "plots": [str(DOCS / p) for p in plot_names(name, res.get("plots", []))]}
@@ -72,7 +74,8 @@ def render(verdicts: dict, summaries: dict) -> str:
         if e is None:
             lines.append(f"| `{name}` | {_cell(summary)} | not run yet | |")
             continue
-        mark = "reproduced" if e["reproduced"] else "**not reproduced**"
+        state = e.get("state") or ("reproduced" if e["reproduced"] else "not reproduced")
+        mark = state if state == "reproduced" else f"**{state}**"  # inconclusive and n/a are not "not reproduced"
         extra = ""
         if e["non_default_params"]:
             extra = " (at " + ", ".join(f"`{k}={v}`" for k, v in sorted(e["non_default_params"].items())) + ")"

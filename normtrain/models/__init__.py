@@ -31,6 +31,7 @@ NETWORKS = Registry("model", {
     "resnext101-32x4d": "resnet:build_resnext101_32x4d",
     "preact-resnet50": "resnet:build_preact_resnet50",
     "nf-resnet50": "nf_resnet:build_nf_resnet50",
+    "resnet8": "resnet:build_resnet8",
     "resnet20": "resnet:build_resnet20",
     "resnet56": "resnet:build_resnet56",
     "wrn28-10": "resnet:build_wrn28_10",

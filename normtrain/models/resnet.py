@@ -171,6 +171,13 @@ class ResNet(nn.Module):
 
 # -- pre-activation ResNet-50 (He et al. 2016b; Hoedt 2022 blog) ----------------------
 
+def _out_of_place(m: nn.Module) -> nn.Module:
+    """`m` with in-place computation switched off (modules that have an ``inplace`` flag, e.g. nn.ReLU)."""
+    if getattr(m, "inplace", False):
+        m.inplace = False
+    return m
+
+
 class PreActBottleneck(nn.Module):
     """Pre-activation bottleneck as in the Hoedt blog's ``PreResidualBottleneck``.
 
@@ -190,7 +197,10 @@ class PreActBottleneck(nn.Module):
             residual_preact = []
         else:
             self.preact = nn.Identity()
-            residual_preact = preact
+            # The block input is also the identity shortcut: an in-place activation applied to it
+            # (methods whose norm is the identity, e.g. none or wn, with ReLU(inplace=True)) would
+            # overwrite the shortcut with ReLU(x).
+            residual_preact = [_out_of_place(m) for m in preact]
         out = planes * self.expansion
         self.downsample = norm.conv(inplanes, out, 1, stride=stride) if project else nn.Identity()
         self.residual_branch = nn.Sequential(
@@ -365,6 +375,11 @@ def build_resnext101_32x4d(norm, num_classes, in_shape, dropout=0.0, zero_init_r
 def build_preact_resnet50(norm, num_classes, in_shape, dropout=0.0):
     """Pre-activation ResNet-50: norm -> act -> conv bottlenecks, identity shortcuts carry the raw sum (He et al. 2016b)."""
     return PreActResNet(norm, [3, 4, 6, 3], num_classes, in_shape, dropout=dropout)
+
+
+def build_resnet8(norm, num_classes, in_shape, dropout=0.0):
+    """ResNet-8 for CIFAR: 3 stages of 1 basic block, 16/32/64 channels (a CPU-sized residual net)."""
+    return CifarResNet(norm, 8, num_classes, in_shape, dropout=dropout)
 
 
 def build_resnet20(norm, num_classes, in_shape, dropout=0.0):

@@ -40,6 +40,12 @@ SCENARIOS = Registry("scenario", {
     "ghost-equivalence": "ghost_equivalence",
     "ws-curves": "ws_curves",
     "nf-ablation": "nf_ablation",
+    "ws-hessian": "ws_hessian",
+    "ws-micro-batch": "ws_micro_batch",
+    "ghost-ranking": "ghost_ranking",
+    "wn-small-net": "wn_small_net",
+    "trelu-wn-instability": "trelu_wn_instability",
+    "residual-scalings": "residual_scalings",
 }, __name__)
 
 

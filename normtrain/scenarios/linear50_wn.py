@@ -53,6 +53,7 @@ from torch import nn
 
 from .. import models, norms
 from . import common
+from .measures import row_coherence
 
 USES_DATA = True
 
@@ -125,17 +126,6 @@ MATCHED = "wn (g=|v|)"
 
 
 # -- measurements -----------------------------------------------------------------------
-
-def row_coherence(w: torch.Tensor) -> float:
-    """max_{i != j} |w_i . w_j| / (||w_i|| ||w_j||) over the rows of a 2-d weight (Gitman & Ginsburg footnote 2)."""
-    w = w.detach().float().flatten(1)
-    if w.shape[0] < 2:
-        return 0.0
-    u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    g = (u @ u.t()).abs()
-    g.fill_diagonal_(0.0)
-    return float(g.max())
-
 
 def layer_units(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(linear layer, module whose output is that layer's output) for each layer, in order.

@@ -62,7 +62,7 @@ from ..norms.bn import BatchNorm
 from ..norms.bundle import Normalizer
 from ..norms.nf import NormalizerFree
 from . import common
-from .signal_prop import shape_stats, stage_ids, stage_slices
+from .spp import he_init, shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
 
@@ -126,16 +126,6 @@ class PlainNF(NormalizerFree):
 
     def act(self, num_features: int) -> nn.Module:
         return nn.ReLU()
-
-
-@torch.no_grad()
-def he_init(model: nn.Module) -> None:
-    """He (fan-in, ReLU gain) normal init of every conv/linear weight, biases 0: variance-preserving forward."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def drop_beta(model: nn.Module, alpha: float | None = None) -> None:

@@ -39,6 +39,7 @@ import torch
 from .. import models, norms
 from ..models.signal import signal_prop
 from . import common
+from .spp import diffs, pearson, shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
 
@@ -74,49 +75,6 @@ class Params(common.Params):
             raise ValueError("corr_threshold: must be in [-1, 1]")
 
 
-# -- statistics --------------------------------------------------------------------------
-
-def pearson(a: list[float], b: list[float]) -> float:
-    n = len(a)
-    if n < 2 or n != len(b):
-        return float("nan")
-    ma, mb = sum(a) / n, sum(b) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    va = sum((x - ma) ** 2 for x in a)
-    vb = sum((y - mb) ** 2 for y in b)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
-
-
-def r_squared(y: list[float]) -> float:
-    """R^2 of a least-squares line through (0, y0), (1, y1), ..."""
-    x = list(range(len(y)))
-    r = pearson(x, y)
-    return r * r if math.isfinite(r) else float("nan")
-
-
-def stage_slices(stages: list[int]) -> list[tuple[int, int]]:
-    """[(start, stop)] of consecutive equal stage ids."""
-    out, start = [], 0
-    for i in range(1, len(stages) + 1):
-        if i == len(stages) or stages[i] != stages[start]:
-            out.append((start, i))
-            start = i
-    return out
-
-
-def shape_stats(var: list[float], stages: list[int]) -> dict:
-    sl = stage_slices(stages)
-    rising = all(all(var[i + 1] > var[i] for i in range(a, b - 1)) for a, b in sl)
-    r2 = [r_squared(var[a:b]) for a, b in sl if b - a >= 3]
-    drops = [var[b] < var[b - 1] for (a, b) in sl[:-1]]
-    return {"rising_within_stages": rising, "stage_r2": r2, "drops_at_transitions": drops,
-            "growth": var[-1] / var[0] if var[0] > 0 else float("inf")}
-
-
-def diffs(v: list[float]) -> list[float]:
-    return [b - a for a, b in zip(v, v[1:])]
-
-
 def verdict(bn: list[float], nf: list[float], none: list[float], stages: list[int],
             corr_threshold: float = 0.9, growth_factor: float = 10.0) -> dict:
     """Variance of each block's output for the three networks; stages[i] = stage id of block i."""
@@ -147,15 +105,6 @@ def verdict(bn: list[float], nf: list[float], none: list[float], stages: list[in
                 f"{sum(sb['drops_at_transitions'])}/{len(sb['drops_at_transitions'])}; NF tracks BN's changes "
                 f"(r = {dcorr:.3f}); none: {none_desc}")
     return common.verdict(CLAIM, criterion, measured, bn_ok and nf_ok and none_ok, headline)
-
-
-def stage_ids(names: list[str]) -> list[int]:
-    """Stage of each block from its module name ('layer2.3' -> the 'layer2' group), in order of appearance."""
-    ids, seen = [], {}
-    for n in names:
-        key = n.rsplit(".", 1)[0] if "." in n else n
-        ids.append(seen.setdefault(key, len(seen)))
-    return ids
 
 
 # -- run ---------------------------------------------------------------------------------------
