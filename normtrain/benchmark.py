@@ -482,9 +482,9 @@ def loader_images_per_s(data_cfg, device: torch.device, batch: int, batches: int
 
 
 def machine(device: torch.device) -> dict:
-    from . import cpus
+    from . import threads
     info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpus_available": cpus.available()}
+            "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpus_available": threads.available()}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):

@@ -3,6 +3,7 @@
     normtrain [--recipe R] [--norm N] [--data D] [--out O] [--set key=value ...]   train
     normtrain list [all|recipes|norms|models|scenarios|data|keys]
     normtrain runs [DIR] [--csv]
+    normtrain eval RUN_OR_CHECKPOINT [--split val|test] [--ema] [--data D]
     normtrain scenario NAME [--data D] [--set key=value ...] [--out O]
     normtrain sweep --recipe R --norm a,b --set key=v1,v2 --seeds K
     normtrain doctor [--data PATH]      will it work here, and how fast (doctor.json)
@@ -36,6 +37,7 @@ examples:
   normtrain list norms
   normtrain scenario linear50-wn
   normtrain runs runs/ --csv > runs.csv
+  normtrain eval runs/cifar10-nv-bn --split test
 
 exit codes: 0 completed (or already complete), 2 bad input (nothing written), 3 diverged (see results.json),
             4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume),
@@ -68,6 +70,7 @@ def train_parser() -> argparse.ArgumentParser:
                 "  normtrain scenario NAME [--data D] [--set k=v ...] [--out O]   (normtrain scenario NAME --help)\n"
                 "  normtrain sweep --recipe R --norm a,b --set k=v1,v2 --seeds N  (normtrain sweep --help)\n"
                 "  normtrain runs [DIR] [--csv]                                    the runs under DIR (default runs/)\n"
+                "  normtrain eval RUN_OR_CHECKPOINT [--split val|test] [--ema]     evaluate a saved run again (eval.json)\n"
                 "  normtrain doctor [--data PATH]                                  check this machine: versions, GPUs, NCCL, speed, DALI",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_recipe_args(p)
@@ -249,7 +252,13 @@ def cmd_runs(argv: list[str]) -> int:
     return runs.main(argv)
 
 
-COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "runs": cmd_runs, "doctor": cmd_doctor}
+def cmd_eval(argv: list[str]) -> int:
+    from . import evaluation
+    return evaluation.main(argv)
+
+
+COMMANDS = {"list": cmd_list, "scenario": cmd_scenario, "sweep": cmd_sweep, "runs": cmd_runs, "doctor": cmd_doctor,
+            "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,11 +137,23 @@ class DataConfig:
     pad_mode: str = "reflect"
     """cifar-padcrop padding of 4 pixels: reflect (mirrored border pixels; the WRN paper's choice) or zero (zeros after normalization, i.e. the training-set mean colour)."""
     val_split: int = 0
-    """If > 0, hold out this many training samples (stratified, fixed seed) as the evaluation set."""
+    """If > 0, hold out this many training samples (stratified, fixed seed 0) as the validation split: evaluations during training (eval/*) and best.pt use it, and the final evaluation also reports the dataset's test split (test/*). 0 = evaluate on the test split (the dataset's val/ or test set)."""
     workers: int = 4
     """Loader workers per process: DataLoader processes (folder backend) or CPU threads of the DALI pipeline (dali; at most the CPUs per process on the node)."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning instead of stopping with an error."""
+    mixup: float = 0.0
+    """MixUp alpha (Zhang et al. 2018; torchvision.transforms.v2.MixUp): each training micro-batch is mixed with itself rolled by one, lambda ~ Beta(alpha, alpha), on the device, labels mixed alike. 0 = off. With cutmix too, each batch gets one of the two at random (p = 0.5), as timm and torchvision's references do."""
+    cutmix: float = 0.0
+    """CutMix alpha (Yun et al. 2019; torchvision.transforms.v2.CutMix): a box of area ~ 1 - lambda pasted from the batch rolled by one, labels mixed by area; on the device. 0 = off."""
+    randaugment: int = 0
+    """RandAugment (Cubuk et al. 2020; torchvision.transforms.v2.RandAugment, DALI's auto_aug.rand_augment on the dali backend): N operations per training image, at magnitude randaugment_magnitude. 0 = off. Image data only (not digits)."""
+    randaugment_magnitude: int = 9
+    """RandAugment magnitude M (0..30; torchvision's and DALI's scale of 31 bins; DeiT uses 9)."""
+    trivialaugment: bool = False
+    """TrivialAugment Wide (Müller & Hutter 2021; torchvision.transforms.v2.TrivialAugmentWide, DALI's trivial_augment_wide on the dali backend): one random operation at a random magnitude per training image. Image data only."""
+    random_erasing: float = 0.0
+    """Random erasing probability (Zhong et al. 2020; torchvision.transforms.v2.RandomErasing, scale 0.02-1/3, aspect 0.3-3.3): a rectangle of each training image set to 0 after normalization (the mean colour). 0 = off; DeiT uses 0.25. Image data only."""
     synthetic_shape: list = field(default_factory=list)
     """Synthetic backend: sample shape [C, H, W] (or [F]); [] = the shape of the recipe's own data (e.g. 3x28x28 for cifar10-nv; config.synthetic_like)."""
     synthetic_samples: int = 1024
@@ -160,6 +172,14 @@ class DataConfig:
         _range("cutout", self.cutout, 0, MAX_IMAGE)
         _choice("pad_mode", self.pad_mode, ("reflect", "zero"))
         _range("val_split", self.val_split, 0)
+        _range("mixup", self.mixup, 0.0, 100.0)
+        _range("cutmix", self.cutmix, 0.0, 100.0)
+        _range("randaugment", self.randaugment, 0, 16)
+        _range("randaugment_magnitude", self.randaugment_magnitude, 0, 30)
+        _range("random_erasing", self.random_erasing, 0.0, 1.0)
+        if self.randaugment and self.trivialaugment:
+            raise ValueError("randaugment: choose one of randaugment and trivialaugment (both are automatic "
+                             "augmentation policies)")
         _range("workers", self.workers, 0, 256)
         _range("synthetic_samples", self.synthetic_samples, 1, 100_000_000)
         _range("synthetic_classes", self.synthetic_classes, 0, 1_000_000)
@@ -169,28 +189,43 @@ class DataConfig:
                              f"or a list of 1 to 3 integers in [1, {MAX_IMAGE}]")
 
 
+#: Optimizers (`optim.name`); normtrain/optim.py builds them.
+OPTIMIZERS = ("sgd", "adamw", "lamb", "lars")
+
+
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    """Optimizer: sgd (momentum SGD, the papers' optimizer)."""
+    """Optimizer: sgd (momentum SGD, the papers' optimizer); adamw (torch.optim.AdamW, decoupled weight decay, fused on CUDA); lamb and lars (timm.optim.Lamb / Lars, the optional extra normtrain[timm]: layer-wise trust ratios for large batches)."""
     lr: float = 0.1
     """Base (peak) learning rate for the whole global batch."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """Momentum of sgd and lars."""
     nesterov: bool = False
-    """Nesterov momentum."""
+    """Nesterov momentum (sgd, lars)."""
     weight_decay: float = 0.0
-    """L2 weight decay."""
+    """Weight decay: L2 added to the gradient for sgd and lars, decoupled (AdamW-style, scaled by lr) for adamw and lamb (DeiT: 0.05)."""
     no_decay_norm_bias: bool = False
-    """Exclude 1-d parameters (norm scales/shifts, WN gains, TReLU thresholds, biases) from weight decay."""
+    """Exclude parameters with at most one dimension from weight decay (and lars/lamb from their trust ratio): norm scales and shifts, biases, and each method's own vectors and scalars (README, 'Optimizers'). AdamW recipes set it, as timm and DeiT do."""
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """adamw, lamb: the coefficients (beta1, beta2) of the running averages of the gradient and its square."""
+    eps: float = 1e-8
+    """adamw, lamb: term added to the denominator; lars: to the norms of its trust ratio."""
+    trust_coefficient: float = 0.001
+    """lars: the trust coefficient eta of the layer-wise rate eta * ||w|| / ||grad + wd w|| (You et al. 2017; timm's default)."""
 
     def check(self):
-        _choice("name", self.name, ("sgd",))
+        _choice("name", self.name, OPTIMIZERS)
         _range("lr", self.lr, 0.0)
         _range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _range("weight_decay", self.weight_decay, 0.0)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: needs momentum > 0")
+        if len(self.betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1
+                                       for b in self.betas):
+            raise ValueError(f"betas: {self.betas!r} is not two numbers in [0, 1)")
+        _range("eps", self.eps, 0.0, 1.0, lo_open=True)
+        _range("trust_coefficient", self.trust_coefficient, 0.0, 1.0, lo_open=True)
 
 
 @dataclass
@@ -260,7 +295,11 @@ class TrainConfig:
     eval_every_steps: int = 0
     """Also evaluate every N optimizer steps (0 = only at the end of each epoch)."""
     eval_every_epochs: int = 1
-    """Evaluate every N epochs (and always at the end)."""
+    """Evaluate every N epochs (0 = never during training; see final_eval for the end)."""
+    final_eval: bool = True
+    """Evaluate at the end of training (on the evaluation split, and on the test split when data.val_split holds out a validation split). false with eval_every_epochs 0: no evaluation at all (smoke runs, benchmarks)."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights and buffers (torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn), updated after every optimizer step: ema = decay * ema + (1 - decay) * weights. Evaluated beside the raw weights (eval_ema/*), saved in checkpoints. 0 = off; timm and DeiT use 0.99996 at batch 1024 (0.9998 at 10k steps a run)."""
     grad_clip: float = 0.0
     """Gradient clipping threshold (0 = off; the global gradient norm before clipping is logged either way): the maximum global norm (grad_clip_mode norm) or AGC's lambda (grad_clip_mode agc)."""
     grad_clip_mode: str = "norm"
@@ -281,7 +320,8 @@ class TrainConfig:
             raise ValueError("accum_steps: 0 (derived) needs micro_batch > 0, the images per process per micro-batch")
         _choice("amp", self.amp, ("auto", "off", "bf16", "fp16"))
         _range("eval_every_steps", self.eval_every_steps, 0)
-        _range("eval_every_epochs", self.eval_every_epochs, 1)
+        _range("eval_every_epochs", self.eval_every_epochs, 0)
+        _range("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
         _range("grad_clip", self.grad_clip, 0.0)
         _choice("grad_clip_mode", self.grad_clip_mode, ("norm", "agc"))
         if self.grad_clip_mode == "agc" and self.grad_clip <= 0:
@@ -574,6 +614,18 @@ def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Rec
     return recipe
 
 
+def from_dict(saved: dict, source: str, overrides: list[tuple[str, Any]] = ()) -> Recipe:
+    """The recipe a run saved (a checkpoint's ``recipe``, `Recipe.to_dict`), checked like a recipe file;
+    keys it lacks (written by an older normtrain) take their defaults; `overrides` win."""
+    recipe = Recipe()
+    for key, value in _flatten({k: v for k, v in saved.items() if k != "per_norm"}, source):
+        _set(recipe, key, value, source)
+    for key, value in overrides:
+        _set(recipe, key, value, "--set")
+    check(recipe, source)
+    return recipe
+
+
 def dump(recipe: Recipe) -> str:
     """The resolved recipe as YAML; reloading it gives the same recipe.
 
@@ -598,7 +650,14 @@ def dataclass_docs(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if klass is object or not dataclasses.is_dataclass(klass) or not vars(klass).get("__annotations__"):
             continue  # declares no field of its own (e.g. the NormConfig put together from its parts)
-        node = _class_nodes(sys.modules[klass.__module__].__file__).get(klass.__qualname__)
+        path = sys.modules[klass.__module__].__file__
+        upto = klass.__module__.rpartition(":")[2] if ":" in klass.__module__ else None
+        if upto:  # read from the head of its file (`static.light` with upto): parse that head only
+            from .static import head
+            node = next((n for n in head(path, upto).body if isinstance(n, ast.ClassDef)
+                         and n.name == klass.__qualname__), None)
+        else:
+            node = _class_nodes(path).get(klass.__qualname__)
         if node is None:  # not a top-level class of its file
             node = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
         body = node.body
@@ -608,11 +667,42 @@ def dataclass_docs(cls) -> dict[str, str]:
     return docs
 
 
+def split_values(raw: str) -> list[str]:
+    """Split on top-level commas: not inside [], {}, () or quotes (sweep axes, comma lists of `apply_overrides`)."""
+    out, depth, quote, cur = [], 0, None, []
+    for ch in raw:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+            if depth < 0:
+                raise UsageError(f"--set value {raw!r}: unbalanced brackets")
+        elif ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if depth != 0 or quote:
+        raise UsageError(f"--set value {raw!r}: unbalanced brackets or quotes")
+    out.append("".join(cur))
+    if any(not v.strip() for v in out):
+        raise UsageError(f"--set value {raw!r}: empty value in the comma-separated list")
+    return out
+
+
 def apply_overrides(obj, overrides, source: str = "--set"):
     """Set fields of dataclass instance `obj` from (key, value) pairs with the recipe's type rules.
 
     Unknown keys and wrong types raise UsageError naming the key; list fields typed
-    ``list[float]`` (etc.) have their elements checked too. If `obj` has a ``check()``
+    ``list[float]`` (etc.) have their elements checked too, and take a YAML list, a comma
+    list (``lrs=0.01,0.1``) or a single value. If `obj` has a ``check()``
     method, its ValueError becomes a UsageError. Used by the scenarios' parameters.
     """
     hints = _hints(type(obj))
@@ -622,6 +712,10 @@ def apply_overrides(obj, overrides, source: str = "--set"):
             raise UsageError(f"{source}: unknown key '{key}'; valid keys are: {', '.join(names)}")
         typ = hints[key]
         where = f"{source}: {key}"
+        if (typing.get_origin(typ) or typ) is list and not isinstance(value, list):
+            # A comma list (lrs=0.01,0.1) or one value (lrs=0.1), as `normtrain sweep` takes them.
+            items = split_values(value) if isinstance(value, str) else [value]
+            value = [parse_set(f"{key}={v.strip()}")[1] if isinstance(v, str) else v for v in items]
         value = _coerce(value, typ, where)
         args = typing.get_args(typ)
         if typing.get_origin(typ) is list and len(args) == 1:

@@ -37,6 +37,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from . import threads
 from .errors import EXIT_WORKER, UsageError
 
 #: Set by `launch` in its workers: their exit code is then read from results.json
@@ -235,6 +236,15 @@ def average_buffers(module: torch.nn.Module, d: Dist) -> None:
                 b.div_(d.world)
 
 
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Copy rank 0's buffers (e.g. the EMA's running statistics) to every rank."""
+    if not d.active:
+        return
+    with torch.no_grad():
+        for b in module.buffers():
+            dist.broadcast(b.data, src=0)
+
+
 def broadcast_object(obj, d: Dist):
     """Rank 0's `obj` on every rank (a collective: call it on all ranks)."""
     if not d.active:
@@ -306,8 +316,7 @@ def resolve_nproc(value: str, device_pref: str) -> int:
         raise UsageError(f"--nproc-per-node: expected a positive integer or 'auto', got '{value}'")
     if on_gpu and n > gpus:
         raise UsageError(f"--nproc-per-node {n} is more than the {gpus} visible GPU(s)")
-    if not on_gpu and n > 1 and device_pref != "cpu":
-        raise UsageError(f"--nproc-per-node {n} but no GPU is visible; for CPU processes (gloo) add --set run.device=cpu")
+    # Without a GPU, run.device auto means CPU processes (gloo), as run.device=cpu does.
     return n
 
 
@@ -332,7 +341,8 @@ def launch(argv: list[str], nproc: int, nnodes: str = "1", node_rank: int = 0, r
         max_restarts=max_restarts, monitor_interval=0.5,
     )
     os.environ[LAUNCHED_ENV] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # Each worker's share of the CPUs this launcher may use (affinity, cgroup quota; normtrain/threads.py).
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads.per_process(nproc)))
     # The agent's own log lines ("failed (exitcode: 2) local_rank: 0 ...", "Sending process ... SIGTERM")
     # repeat what the workers and the launcher already say in one line each.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)

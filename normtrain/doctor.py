@@ -316,7 +316,8 @@ class Doctor:
         if not dali.available():
             self.add("dali-decode", SKIPPED, "DALI not usable here (see the dali row)")
             return
-        from . import batching, config, cpus
+        from . import batching, config
+        from .threads import available as usable_cpus
         gpu = self.device.type == "cuda"
         tmp = None
         if self.args.data:
@@ -327,7 +328,7 @@ class Doctor:
             sides = (40, 64) if self.quick else (330, 500)
             root = benchmark.make_jpeg_folder(Path(tmp), images, classes=8, sides=sides)
             what = f"{images} generated JPEGs of {sides[0]}-{sides[1]} px"
-        usable = cpus.available()  # this process's affinity and cgroup quota, not the machine's count
+        usable = usable_cpus()  # this process's affinity and cgroup quota, not the machine's count
         threads = max(1, usable // max(self.gpus, 1))
         if self.quick:
             batch, batches, warmup = 4, 2, 1

@@ -5,7 +5,8 @@
                      (rundir.RunDir); every rank gets the same decision
       setup_data     loaders for this process, batch arithmetic (batching.plan), class count checks
       setup_model    network through the normalization bundle, AMP/channels_last/compile, DDP
-      setup_optim    SGD with optional no-decay group, grad scaler
+      setup_optim    the optimizer (normtrain/optim.py) with optional no-decay group, grad scaler;
+                     the EMA copy of the weights (normtrain/ema.py), batch mixing (data/mix.py)
       restore        resume from the decided checkpoint (state sent by rank 0 where needed)
       loop           forward/backward with accumulation, lr from schedule.lr_at, divergence
                      and signal checks agreed across ranks (read one step late: no host-device
@@ -31,9 +32,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import batching, checkpoint, clip, config, data, dist, memory, models, norms
+from . import batching, checkpoint, clip, config, data, dist, ema, memory, models, norms, optim, threads
 from .errors import EnvError, UsageError, WorkerError
-from .logger import RunLogger, duration
+from .logger import RunLogger, duration, rate
 from .rundir import Decision, RunDir
 from .schedule import lr_at
 from .version import __version__
@@ -62,6 +63,7 @@ class Run:
     val_loader: data.Loader
     steps_per_epoch: int
     total_steps: int
+    test_loader: data.Loader | None = None  # the test split beside a held-out validation split (data.val_split)
     amp: str = "off"                   # resolved train.amp: off | bf16 | fp16
     channels_last: bool = False        # resolved train.channels_last
     compile: bool = False              # resolved train.compile
@@ -71,6 +73,8 @@ class Run:
     raw: torch.nn.Module = None        # the bare nn.Module (state_dict, hooks)
     optimizer: torch.optim.Optimizer = None
     scaler: torch.amp.GradScaler = None
+    ema: torch.nn.Module = None        # AveragedModel of raw (train.ema_decay), or None
+    mix: object = None                 # MixUp/CutMix of the training batches (data.mixup, data.cutmix), or None
     step: int = 0                      # optimizer steps done
     epoch: int = 0
     batch: int = 0                     # next micro-batch index within `epoch`
@@ -154,13 +158,16 @@ def setup_data(recipe: config.Recipe, d: dist.Dist, plan: batching.BatchPlan):
     seed = recipe.run.seed
     train_loader = data.build(cfg, "train", data.DataContext(d.rank, d.world, d.device, plan.micro, seed, True))
     val_loader = data.build(cfg, "val", data.DataContext(d.rank, d.world, d.device, eval_micro, seed, False))
+    test_loader = None
+    if cfg.val_split and recipe.train.final_eval and data.has_test_split(cfg):
+        test_loader = data.build(cfg, "test", data.DataContext(d.rank, d.world, d.device, eval_micro, seed, False))
     if cfg.num_classes and cfg.num_classes != train_loader.num_classes:
         raise UsageError(f"data.num_classes is {cfg.num_classes} but the data has {train_loader.num_classes} classes")
     steps_per_epoch = len(train_loader) // plan.accum
     if steps_per_epoch == 0:
         raise UsageError(f"the training data ({train_loader.num_samples} samples) is smaller than one "
                          f"global batch (data.batch_size {cfg.batch_size})")
-    return train_loader, val_loader, steps_per_epoch
+    return train_loader, val_loader, steps_per_epoch, test_loader
 
 
 def bundle_for(recipe: config.Recipe, plan: batching.BatchPlan):
@@ -219,7 +226,7 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
         return
     if device is not None:
         params = sum(p.numel() * 4 for p in net.parameters())  # float32 master weights
-        memory.check(recipe, device, in_shape, micro, memory.Estimate(acts, 2 * params))
+        memory.check(recipe, device, in_shape, micro, memory.Estimate(acts, memory.weight_copies(recipe) * params))
 
 
 def wrap_model(run: Run) -> None:
@@ -233,31 +240,15 @@ def wrap_model(run: Run) -> None:
 
 
 def setup_optim(recipe: config.Recipe, raw: torch.nn.Module, device: torch.device, amp: str = "off"):
-    o = recipe.optim
-    decay, no_decay = [], []
-    for p in raw.parameters():
-        if p.requires_grad:
-            (no_decay if o.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    # CUDA: the fused kernel (one launch for all parameters; with the fp16 grad scaler it skips a step with
-    # inf/NaN gradients on the device, where the unfused step reads found_inf on the host every step).
-    opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                          fused=True if device.type == "cuda" else None)
+    opt = optim.build(raw, recipe.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     return opt, scaler
 
 
 def apply_optim_settings(recipe: config.Recipe, optimizer: torch.optim.Optimizer) -> None:
-    """Put the recipe's momentum / Nesterov / weight decay into a restored optimizer (a resume that
-    accepted changed optimizer settings must really use them, not the checkpoint's)."""
-    o = recipe.optim
-    for i, g in enumerate(optimizer.param_groups):
-        g["momentum"], g["nesterov"] = o.momentum, o.nesterov
-        g["weight_decay"] = o.weight_decay if i == 0 else 0.0
-        if "fused" in g:  # this machine's choice (a CUDA checkpoint resumed on a CPU, or the reverse)
-            g["fused"] = optimizer.defaults.get("fused")
+    """Put the recipe's optimizer settings into a restored optimizer (a resume that accepted changed
+    optimizer settings must really use them, not the checkpoint's)."""
+    optim.apply_settings(optimizer, recipe.optim)
 
 
 # -- checkpoints -------------------------------------------------------------------
@@ -278,6 +269,19 @@ def finite_weights(run: Run) -> bool:
     return not bool(dist.any_true((~local).reshape(1))[0])
 
 
+def sync_ema_buffers(run: Run) -> None:
+    """One set of EMA buffers on every rank before it is evaluated or saved: averaged over ranks
+    (train.broadcast_buffers false, as the raw network's), else rank 0's, as DDP gives the raw network.
+    Each rank's own copy follows its own batch statistics in between; what is evaluated and saved
+    depends on rank 0's (or the average) alone, so resume stays exact."""
+    if run.ema is None or not run.d.active:
+        return
+    if run.recipe.train.broadcast_buffers:
+        dist.broadcast_buffers(run.ema.module, run.d)
+    else:
+        dist.average_buffers(run.ema.module, run.d)
+
+
 def save_checkpoint(run: Run, name: str = "last") -> None:
     """Rank 0 writes (atomically); every rank must call (loader and RNG states are gathered from all ranks).
 
@@ -285,6 +289,7 @@ def save_checkpoint(run: Run, name: str = "last") -> None:
     """
     if run.d.active and not run.recipe.train.broadcast_buffers:
         dist.average_buffers(run.raw, run.d)  # one set of running statistics for the file (and evaluation)
+    sync_ema_buffers(run)
     states = dist.gather_objects({"loader": run.train_loader.state_dict(), "rng": checkpoint.rng_state()}, run.d)
     if not run.d.main:
         return
@@ -302,6 +307,8 @@ def save_checkpoint(run: Run, name: str = "last") -> None:
         "recipe": run.recipe.to_dict(), "world": run.d.world,
         "version": __version__,
     }
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()  # tensors only: the averaged network and n_averaged
     checkpoint.save(ckpt_dir(run) / f"{name}.pt", state)
 
 
@@ -342,6 +349,12 @@ def restore(run: Run, state: dict, path: str) -> None:
     apply_optim_settings(run.recipe, run.optimizer)
     if state["scaler"]:  # empty when saved without a grad scaler (train.amp off or bf16, now fp16)
         run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None:
+        if state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+        elif run.d.main:  # train.ema_decay turned on at resume (run.resume_changed)
+            print(f"normtrain: checkpoint {path} holds no EMA: the average starts from the weights of step "
+                  f"{state['step']}", file=sys.stderr, flush=True)
     run.step, run.epoch, run.batch = state["step"], state["epoch"], state["batch"]
     run.best_top1, run.history = state["best_top1"], state["history"]
     same_world = state.get("world", 1) == run.d.world
@@ -363,23 +376,23 @@ def autocast(amp: str, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict:
-    """Loss, top-1 and top-5 accuracy over the whole evaluation split (summed over ranks).
+def evaluate_model(model: torch.nn.Module, loader: data.Loader, d: dist.Dist, amp: str = "off",
+                   channels_last: bool = False, prefix: str = "eval") -> dict:
+    """Loss, top-1 and top-5 accuracy of `model` over the whole split `loader` reads (summed over ranks),
+    as ``{prefix}/loss``, ``{prefix}/top1``, ``{prefix}/top5``. Used by training and `normtrain eval`.
 
     The sums stay on the device until the end: one host-device sync per evaluation, not per batch.
     """
-    t0 = time.perf_counter()
-    if run.d.active and not run.recipe.train.broadcast_buffers:
-        dist.average_buffers(run.raw, run.d)
-    run.model.eval()
-    dev = run.d.device
+    was_training = model.training
+    model.eval()
+    dev = d.device
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1, top5, count
-    k = min(5, run.val_loader.num_classes)
-    for x, y in run.val_loader.epoch(0):
-        if run.channels_last and x.dim() == 4:
+    k = min(5, loader.num_classes)
+    for x, y in loader.epoch(0):
+        if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(run.amp, dev):
-            out = run.model(x)
+        with autocast(amp, dev):
+            out = model(x)
         out = out.float()
         hit = out.topk(k, dim=1).indices == y[:, None]
         sums[0] += F.cross_entropy(out, y, reduction="sum").double()
@@ -388,10 +401,25 @@ def evaluate(run: Run) -> dict:
         sums[3] += len(y)  # a Python number: no host-to-device copy
     dist.all_sum(sums)
     loss, top1, top5, n = sums.tolist()
+    model.train(was_training)
+    n = max(n, 1)
+    return {f"{prefix}/loss": loss / n, f"{prefix}/top1": 100 * top1 / n, f"{prefix}/top5": 100 * top5 / n}
+
+
+def evaluate(run: Run, loader: data.Loader | None = None, prefix: str = "eval") -> dict:
+    """The raw weights and, with train.ema_decay, the EMA (``{prefix}_ema/*``) on `loader` (default: the
+    evaluation split)."""
+    t0 = time.perf_counter()
+    if run.d.active and not run.recipe.train.broadcast_buffers:
+        dist.average_buffers(run.raw, run.d)
+    sync_ema_buffers(run)
+    loader = loader or run.val_loader
+    metrics = evaluate_model(run.model, loader, run.d, run.amp, run.channels_last, prefix)
+    if run.ema is not None:
+        metrics.update(evaluate_model(run.ema.module, loader, run.d, run.amp, run.channels_last, f"{prefix}_ema"))
     run.model.train()
     run.timings["eval_s"] += time.perf_counter() - t0
-    n = max(n, 1)
-    return {"eval/loss": loss / n, "eval/top1": 100 * top1 / n, "eval/top5": 100 * top5 / n}
+    return metrics
 
 
 # -- output norm tracking (Gitman & Ginsburg Fig. 4) -------------------------------------
@@ -467,9 +495,9 @@ class NormTracker:
 
 
 def _is_norm(m: torch.nn.Module) -> bool:
-    """Activation-normalization layers: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm."""
+    """Activation-normalization layers: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm, RMSNorm, DyT."""
     from torch.nn.modules.batchnorm import _NormBase
-    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
+    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)) or norms.layout.is_token_family_norm(m)
 
 
 # -- the loop --------------------------------------------------------------------------
@@ -511,6 +539,8 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
     # Reparametrised weights (WN, WS, NF...) are computed once for the step, not per micro-batch.
     for i in norms.micro_batches(run.raw, accum):
         x, y = next(it)
+        if run.mix is not None:
+            x, y = run.mix(x, y)  # y: class probabilities from here on
         if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if run.pending_init and norms.data_init(run.raw, x):
@@ -528,7 +558,7 @@ def train_step(run: Run, it, tracker: NormTracker | None, log_now: bool):
                 loss = F.cross_entropy(out.float(), y, label_smoothing=r.train.label_smoothing)
             run.scaler.scale(loss / accum).backward()
         loss_sum += loss.detach()
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += (out.detach().argmax(1) == (y.argmax(1) if y.dim() > 1 else y)).sum()
         n += len(y)
     grad_norm = None
     if r.train.grad_clip > 0 or log_now:
@@ -638,6 +668,8 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.scaler.step(run.optimizer)
             run.scaler.update()
             run.optimizer.zero_grad(set_to_none=run.set_to_none)
+            if run.ema is not None:
+                run.ema.update_parameters(run.raw)
             run.step += 1
             run.batch += accum
             flags.post(run.step, loss, stop.requested)
@@ -689,7 +721,8 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             run.batch = 0
             if not finite_weights(run):
                 return mark_diverged(run, log)
-            if run.epoch % r.train.eval_every_epochs == 0 or run.step >= end_step:
+            periodic = r.train.eval_every_epochs and run.epoch % r.train.eval_every_epochs == 0
+            if periodic or (run.step >= end_step and r.train.final_eval):
                 record_eval(run, log)
             save_checkpoint(run)
             if signalled:
@@ -697,12 +730,16 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                 return "interrupted"
     if not settle():
         return "diverged"
-    if run.batch != 0 or not run.history or "eval/top1" not in run.history[-1]:
+    evaluated = bool(run.history) and "eval/top1" in run.history[-1]
+    if run.batch != 0 or (r.train.final_eval and not evaluated):
         # Stopped mid-epoch (max_steps or a fractional epoch count): evaluate and save the position.
         if not finite_weights(run):
             return mark_diverged(run, log)
-        record_eval(run, log)
+        if r.train.final_eval:
+            record_eval(run, log)
         save_checkpoint(run)
+    if run.test_loader is not None:
+        record_test(run, log)
     return "completed"  # a signal that arrives during the last step finds the run complete
 
 
@@ -729,9 +766,27 @@ def record_eval(run: Run, log: RunLogger) -> dict:
     if metrics["eval/top1"] > run.best_top1 and finite_weights(run):
         run.best_top1 = metrics["eval/top1"]
         save_checkpoint(run, "best")
-    log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval loss {metrics['eval/loss']:.4f} "
-                  f"top1 {metrics['eval/top1']:.2f}% top5 {metrics['eval/top5']:.2f}%")
+    split = " (validation split)" if run.recipe.data.val_split else ""
+    log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval {metric_text(metrics, 'eval')}{split}")
     return metrics
+
+
+def record_test(run: Run, log: RunLogger) -> dict:
+    """The final weights (and EMA) on the test split, beside a held-out validation split (data.val_split)."""
+    metrics = evaluate(run, run.test_loader, "test")
+    log.scalars(run.step, metrics)
+    run.history.append({"step": run.step, **metrics})
+    log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: test {metric_text(metrics, 'test')}")
+    return metrics
+
+
+def metric_text(metrics: dict, prefix: str) -> str:
+    """'loss 0.1234 top1 96.94% top5 99.72%' for {prefix}/*, then the EMA's top-1 if there is one."""
+    text = (f"loss {metrics[f'{prefix}/loss']:.4f} top1 {metrics[f'{prefix}/top1']:.2f}% "
+            f"top5 {metrics[f'{prefix}/top5']:.2f}%")
+    if f"{prefix}_ema/top1" in metrics:
+        text += f" | ema top1 {metrics[f'{prefix}_ema/top1']:.2f}%"
+    return text
 
 
 # -- entry point ------------------------------------------------------------------------
@@ -767,7 +822,7 @@ def prepare(recipe: config.Recipe, d: dist.Dist, decision: Decision | None = Non
     out = Path(recipe.run.out)
     decision = decision or Decision("fresh")
     plan = batching.for_recipe(recipe, d.world)
-    train_loader, val_loader, spe = setup_data(recipe, d, plan)
+    train_loader, val_loader, spe, test_loader = setup_data(recipe, d, plan)
     total = max(1, math.ceil(recipe.train.epochs * spe))
     bundle = bundle_for(recipe, plan)
     classes, in_shape = train_loader.num_classes, train_loader.in_shape
@@ -778,10 +833,12 @@ def prepare(recipe: config.Recipe, d: dist.Dist, decision: Decision | None = Non
     for loader in (train_loader, val_loader):
         loader.use_channels_last(channels_last)  # DALI then delivers NHWC memory: no copy per batch
     run = Run(recipe=recipe, d=d, out=out, plan=plan, train_loader=train_loader, val_loader=val_loader,
-              steps_per_epoch=spe, total_steps=total, amp=amp, channels_last=channels_last, compile=compiled,
-              compile_why=why)
+              test_loader=test_loader, steps_per_epoch=spe, total_steps=total, amp=amp, channels_last=channels_last,
+              compile=compiled, compile_why=why)
+    run.mix = data.mix.build(recipe.data, classes, in_shape)
     run.raw = setup_model(recipe, d, classes, in_shape, bundle, channels_last)
     run.optimizer, run.scaler = setup_optim(recipe, run.raw, d.device, amp)
+    run.ema = ema.build(run.raw, recipe.train.ema_decay)
     if decision.kind == "resume":
         restore(run, share_state(decision, state, d), decision.path)
         run.changes = decision.changes
@@ -791,17 +848,25 @@ def prepare(recipe: config.Recipe, d: dist.Dist, decision: Decision | None = Non
 
 def summary_line(res: dict) -> str:
     f = res.get("final", {})
-    parts = [f"normtrain: {res['status']}", f"{res['recipe']} {res['model']} norm={res['norm']}",
-             f"step {res['steps']}/{res['total_steps']}"]
+    steps = f"step {res['steps']}/{res['total_steps']}"
+    if res.get("stopped_early"):
+        steps += " (stopped early: train.max_steps)"
+    parts = [f"normtrain: {res['status']}", f"{res['recipe']} {res['model']} norm={res['norm']}", steps]
     if res["status"] == "diverged":
         parts.append(f"diverged at step {res['diverged_at_step']}")
+    split = "val" if res.get("eval_split") == "val" else "eval"
     if "eval/top1" in f:
-        parts.append(f"eval top1 {f['eval/top1']:.2f}% top5 {f['eval/top5']:.2f}% (best {res['best_eval_top1']:.2f}%)")
+        best = f" (best {res['best_eval_top1']:.2f}%)" if res.get("best_eval_top1") is not None else ""
+        parts.append(f"{split} top1 {f['eval/top1']:.2f}% top5 {f['eval/top5']:.2f}%{best}")
+    if "eval_ema/top1" in f:
+        parts.append(f"ema {split} top1 {f['eval_ema/top1']:.2f}%")
+    if "test/top1" in f:
+        ema_test = f", ema {f['test_ema/top1']:.2f}%" if "test_ema/top1" in f else ""
+        parts.append(f"test top1 {f['test/top1']:.2f}% top5 {f['test/top5']:.2f}%{ema_test}")
     if f.get("train/loss") is not None:
         parts.append(f"train loss {f['train/loss']:.4f}")
     t = res["timings"]
-    parts.append(f"{'-' if t.get('images_per_s') is None else format(t['images_per_s'], '.0f')} img/s, "
-                 f"{duration(t['total_s'])}")
+    parts.append(f"{rate(t.get('images_per_s'))} img/s, {duration(t['total_s'])}")
     parts.append(f"-> {res['out']}")
     return " | ".join(parts)
 
@@ -813,6 +878,7 @@ def train(recipe: config.Recipe) -> dict:
     # after its first step, never as a traceback with an undocumented exit code.
     with StopFlag() as stop:
         d = dist.setup(recipe.run.device, recipe.run.collective_timeout)
+        threads.apply(dist.local_world_size())  # CPUs available / processes on the node, unless OMP_NUM_THREADS
         supervisor = dist.Supervisor(d, recipe.run.collective_timeout).start()
         folder = None
         try:
@@ -890,6 +956,7 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
                            ) from None
         res = results(run, status, time.perf_counter() - t_start, start_step)
         log.results(res)
+        log.hparams(hparams(recipe), final_metrics(res), run.step)
     except EnvError as e:
         res = results(run, "failed", time.perf_counter() - t_start, start_step)
         res["error"] = str(e)
@@ -903,6 +970,32 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
     if d.main:
         print(summary_line(res), flush=True)
     return res
+
+
+#: Recipe keys shown as hyper-parameters in TensorBoard's HParams tab (with the method, network and recipe).
+HPARAMS = ("optim.name", "optim.lr", "optim.weight_decay", "optim.momentum", "optim.no_decay_norm_bias",
+           "schedule.name", "schedule.warmup_epochs", "data.batch_size", "data.augment", "data.mixup", "data.cutmix",
+           "data.randaugment", "data.trivialaugment", "data.random_erasing", "train.epochs", "train.label_smoothing",
+           "train.ema_decay", "train.accum_steps", "train.amp", "model.init", "model.drop_path", "norm.residual",
+           "run.seed")
+
+
+def hparams(recipe: config.Recipe) -> dict:
+    """The run's settings for TensorBoard's HParams tab: method, network, recipe and the keys of `HPARAMS`."""
+    out = {"norm": recipe.norm.name, "model": recipe.model.name, "recipe": recipe.run.name}
+    for key in HPARAMS:
+        section, name = key.split(".")
+        out[key] = getattr(getattr(recipe, section), name)
+    return out
+
+
+def final_metrics(res: dict) -> dict:
+    """The metrics a run ends with, for the HParams tab: best top-1 (hparams/best_eval_top1), status, and the
+    final eval/test/EMA loss and accuracies."""
+    f = res.get("final", {})
+    keep = {k: v for k, v in f.items() if k.split("/")[0] in ("eval", "eval_ema", "test", "test_ema")}
+    return {**keep, "hparams/best_eval_top1": res.get("best_eval_top1"),
+            "hparams/completed": float(res["status"] == "completed")}
 
 
 def throughput(run: Run) -> dict:
@@ -933,13 +1026,18 @@ def results(run: Run, status: str, total_s: float, start_step: int) -> dict:
         "steps": run.step, "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
         "epoch": round(run.step / run.steps_per_epoch, 4), "resumed_from_step": start_step,
         "diverged_at_step": diverged[-1] if diverged else None,
+        # Completed before the schedule's end: train.max_steps stopped it.
+        "stopped_early": status == "completed" and run.step < run.total_steps,
+        # Which split eval/* and best.pt are on: a validation split held out of the training data, or the test split.
+        "eval_split": "val" if r.data.val_split else "test",
         "final": final, "best_eval_top1": run.best_top1 if run.best_top1 >= 0 else None,
         "timings": {"total_s": total_s, "setup_s": run.timings.get("setup_s"), "train_s": run.timings["train_s"],
                     "eval_s": run.timings["eval_s"], **throughput(run)},
-        "world_size": run.d.world, "device": str(run.d.device),
+        "num_classes": run.train_loader.num_classes, "world_size": run.d.world, "device": str(run.d.device),
         "batch": {"global": run.plan.global_batch, "per_process": run.plan.micro, "accum_steps": run.plan.accum,
                   "ghost_groups": run.plan.ghost_groups},
         "amp": run.amp, "channels_last": run.channels_last, "compile": run.compile,
+        "cpu_threads": torch.get_num_threads(),
         "resume_changes": [list(c) for c in run.changes],
         "versions": {"normtrain": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "out": str(run.out),

@@ -36,6 +36,14 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def rate(value: float | None) -> str:
+    """A rate (images/s) for people: whole numbers from 100 up, three significant digits below
+    ('0.183', '12.3'), so a slow CPU run does not read '0'; '-' for none."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 class RunLogger:
     def __init__(self, out: Path | None, total_steps: int, progress: bool, tensorboard: bool, initial_step: int = 0,
                  steps_per_epoch: int = 0, interval_s: float = 30.0, eval_lines: str = "interval", stream=None,
@@ -123,7 +131,7 @@ class RunLogger:
         if self.bar is not None:
             self.bar.update(n)
             self.bar.set_postfix({"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.3g}",
-                                  "img/s": f"{values['train/images_per_s']:.0f}"}, refresh=False)
+                                  "img/s": rate(values['train/images_per_s'])}, refresh=False)
             return
         now = time.perf_counter()
         if not self.plain or (now - self._last_line < self.interval_s and self.step < self.total):
@@ -132,12 +140,30 @@ class RunLogger:
         eta = self.eta()
         print(f"step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.1f}%) "
               f"epoch {self.epoch(self.step):.2f} | loss {values['train/loss']:.4f} | lr {values['train/lr']:.3g} | "
-              f"{values['train/images_per_s']:.0f} img/s | ETA {'?' if eta is None else duration(eta)}",
+              f"{rate(values['train/images_per_s'])} img/s | ETA {'?' if eta is None else duration(eta)}",
               file=self.stream, flush=True)
 
     def results(self, results: dict) -> None:
         if self.main:
             atomic_write_text(self.out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+
+    def hparams(self, params: dict, metrics: dict, step: int) -> None:
+        """The run's settings and final metrics for TensorBoard's HParams tab (one row per run folder).
+
+        `metrics` are also written as scalars at `step` under their own tags, which is where the
+        HParams tab reads a metric's value from; `params` values are numbers, strings or booleans.
+        """
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+        metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        params = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+        writer = self.tb._get_file_writer()
+        for summary in hparams(params, metrics):
+            writer.add_summary(summary)
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -38,7 +38,7 @@ GIB = 1024 ** 3
 @dataclass
 class Estimate:
     activations: int      # bytes
-    parameters: int       # bytes: weights + momentum
+    parameters: int       # bytes: weights + optimizer state (+ the EMA's copy), see weight_copies
 
     @property
     def total(self) -> int:
@@ -101,7 +101,14 @@ def estimate(recipe, in_shape, num_classes: int, micro_batch: int, amp: str | No
     except Exception:  # noqa: BLE001 - a layer that needs real data (or .item()) on meta: no estimate
         return None
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Estimate(activations=acts, parameters=2 * params)
+    return Estimate(activations=acts, parameters=weight_copies(recipe) * params)
+
+
+def weight_copies(recipe) -> int:
+    """Tensors of the weights' size a training step holds: the weights, the optimizer's state per
+    weight (sgd and lars: the momentum buffer; adamw and lamb: two moments) and the EMA's copy."""
+    state = 2 if recipe.optim.name in ("adamw", "lamb") else 1
+    return 1 + state + (1 if recipe.train.ema_decay else 0)
 
 
 def _read_int(path: str) -> int | None:

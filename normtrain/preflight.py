@@ -17,6 +17,11 @@ def check_names(recipe: config.Recipe) -> None:
     if recipe.model.init not in models.SCHEMES:
         raise UsageError(f"unknown model.init '{recipe.model.init}'; choose from: {', '.join(models.SCHEMES)}")
     data.resolve(recipe.data)
+    if recipe.optim.name in ("lamb", "lars"):
+        import importlib.util
+        if importlib.util.find_spec("timm") is None:
+            raise UsageError(f"optim.name={recipe.optim.name} uses timm's implementation, which is not installed: "
+                             "pip install normtrain[timm] (or pip install timm)")
 
 
 def validate(recipe: config.Recipe) -> None:

@@ -9,6 +9,7 @@ list`, `--help` and bad input answer without loading torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Dict, Generic, Iterable, NamedTuple, TypeVar
 
@@ -39,6 +40,33 @@ def lazy_getattr(package: str, attributes: Dict[str, str]):
                     raise
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
     return __getattr__
+
+
+def may_declare(group: str) -> bool:
+    """Whether an installed distribution may declare entry points in `group`: a look for the section
+    ``[group]`` in the entry_points.txt of the *.dist-info / *.egg-info folders on sys.path (about 2 ms,
+    where importing importlib.metadata costs 35), which importlib.metadata then reads properly.
+    True when in doubt (a zip or egg file on sys.path)."""
+    header = f"[{group}]"
+    for entry in sys.path:
+        path = entry or os.curdir
+        if os.path.isfile(path):
+            return True
+        try:
+            folder = os.scandir(path)
+        except OSError:
+            continue
+        with folder:
+            for item in folder:
+                if item.name.endswith((".dist-info", ".egg-info")):
+                    try:
+                        with open(os.path.join(item.path, "entry_points.txt"), encoding="utf-8",
+                                  errors="replace") as f:
+                            if header in f.read():
+                                return True
+                    except OSError:
+                        continue
+    return False
 
 
 class Installed(NamedTuple):
@@ -73,7 +101,9 @@ class Registry(Generic[T]):
         if self._plugins_read:
             return
         self._plugins_read = True
-        from importlib.metadata import entry_points  # ~40 ms: only when a name is not built in, or for lists
+        if not may_declare(self.group):
+            return
+        from importlib.metadata import entry_points  # ~35 ms to import: only when a package may declare some
         for ep in entry_points(group=self.group):
             if ep.name in self._items:
                 dist = getattr(ep.dist, "name", None) or "an installed package"

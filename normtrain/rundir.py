@@ -49,7 +49,8 @@ LOCK_ENV = "NORMTRAIN_RUN_LOCK"
 FREE = (
     "description", "per_norm",
     "run.name", "run.out", "run.resume", "run.resume_changed", "run.device", "run.collective_timeout",
-    "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs", "train.checkpoint_every_steps",
+    "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs", "train.final_eval",
+    "train.checkpoint_every_steps",
     "train.compile", "train.cudnn_benchmark", "train.tf32", "train.channels_last", "train.static_graph",
     "data.workers", "data.eval_batch_size", "data.paper_micro_batch",
     "log.*",

@@ -5,12 +5,16 @@
 
 A run is a folder with a results.json written by a training run (sweeps' runs
 included, at any depth). Columns: the folder (relative to DIR), when it last
-wrote, status (completed, diverged, interrupted; ``unfinished`` for a folder with
-a recipe.yaml and metrics.jsonl but no results.json yet: still running, or killed
-without a chance to write), run name, network, norm, steps done / planned, best
-evaluation top-1 (%), images/s (results.json's timings.images_per_s) and the step
-it diverged at. Sorted by time, newest last. Scenario results (results.json with a
-verdict) are not runs and are left out. Reads files only: no torch.
+wrote, status (completed; ``stopped early`` when train.max_steps ended it before
+its schedule's end; diverged, interrupted, failed; ``running`` while a process holds
+the folder's lock; ``unfinished`` for a folder with a recipe.yaml and metrics.jsonl
+but no results.json and no live writer: killed without a chance to write), run
+name, network, norm, steps done / planned, the final and the best evaluation
+top-1 (%; on the held-out validation split when the recipe has data.val_split; the
+CSV adds the test split's final top-1), images/s (results.json's
+timings.images_per_s) and the step it diverged at. Sorted by time, newest last.
+Scenario results (results.json with a verdict) are not runs and are left out.
+Reads files only: no torch.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import argparse
 import csv
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,8 +31,8 @@ import yaml
 
 from .errors import EXIT_OK, UsageError
 
-COLUMNS = ["run", "updated", "status", "name", "model", "norm", "steps", "total_steps", "best_top1", "images_per_s",
-           "diverged_at_step"]
+COLUMNS = ["run", "updated", "status", "name", "model", "norm", "steps", "total_steps", "final_top1", "best_top1",
+           "test_top1", "eval_split", "images_per_s", "diverged_at_step"]
 SKIP = {"checkpoints", "tb"}
 
 
@@ -58,10 +63,53 @@ def _last_row(path: Path) -> dict:
     return {}
 
 
+LOCK_NAME = ".normtrain.lock"  # rundir.LOCK_NAME (not imported: rundir imports torch through checkpoint)
+
+
+def lock_held(folder: Path) -> bool:
+    """Whether a process holds the run folder's writer lock (a run in progress).
+
+    Read from /proc/locks (the flock the writer holds, matched by device and inode) without
+    touching the lock, so a run starting at this moment is never refused because of us;
+    elsewhere, the PID the holder wrote into the lock file, when it is on this host and alive.
+    """
+    path = folder / LOCK_NAME
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    try:
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        locks = None
+    if locks is not None:
+        me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        return any(len(f) > 5 and f[1] == "FLOCK" and f[5] == me for f in (line.split() for line in locks.splitlines()))
+    try:
+        pid, host = path.read_text().split()[1::2][:2]
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+        return True
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def status_of(res: dict) -> str:
+    """results.json's status, or 'stopped early' for a completed run that train.max_steps cut short."""
+    stopped = res.get("stopped_early")
+    if stopped is None and res.get("status") == "completed" and res.get("total_steps"):
+        stopped = res["steps"] < res["total_steps"]  # results.json written before stopped_early existed
+    return "stopped early" if res.get("status") == "completed" and stopped else res["status"]
+
+
 def read_run(folder: Path, root: Path) -> dict | None:
     """One row for the run in `folder`, or None if it holds none."""
     res_path = folder / "results.json"
     row = {"run": str(folder.relative_to(root)) or "."}
+    running = lock_held(folder)
     if res_path.is_file():
         try:
             res = json.loads(res_path.read_text())
@@ -69,10 +117,12 @@ def read_run(folder: Path, root: Path) -> dict | None:
             return None
         if not isinstance(res, dict) or "status" not in res or "steps" not in res:
             return None  # a scenario's results, or not ours
-        row.update(updated=res_path.stat().st_mtime, status=res["status"], name=res.get("recipe"),
-                   model=res.get("model"), norm=res.get("norm"), steps=res["steps"],
-                   total_steps=res.get("total_steps"), best_top1=res.get("best_eval_top1"),
-                   images_per_s=(res.get("timings") or {}).get("images_per_s"),
+        final = res.get("final") or {}
+        row.update(updated=res_path.stat().st_mtime, status="running" if running else status_of(res),
+                   name=res.get("recipe"), model=res.get("model"), norm=res.get("norm"), steps=res["steps"],
+                   total_steps=res.get("total_steps"), final_top1=final.get("eval/top1"),
+                   best_top1=res.get("best_eval_top1"), test_top1=final.get("test/top1"),
+                   eval_split=res.get("eval_split"), images_per_s=(res.get("timings") or {}).get("images_per_s"),
                    diverged_at_step=res.get("diverged_at_step"))
         return row
     rec_path, metrics = folder / "recipe.yaml", folder / "metrics.jsonl"
@@ -90,10 +140,12 @@ def read_run(folder: Path, root: Path) -> dict | None:
             continue
         if r.get("eval/top1") is not None:
             evals.append(r["eval/top1"])
-    row.update(updated=metrics.stat().st_mtime, status="unfinished", name=(rec.get("run") or {}).get("name"),
-               model=(rec.get("model") or {}).get("name"), norm=(rec.get("norm") or {}).get("name"),
-               steps=_last_row(metrics).get("step"), total_steps=None, best_top1=max(evals) if evals else None,
-               images_per_s=None, diverged_at_step=None)
+    held_out = bool((rec.get("data") or {}).get("val_split"))
+    row.update(updated=metrics.stat().st_mtime, status="running" if running else "unfinished",
+               name=(rec.get("run") or {}).get("name"), model=(rec.get("model") or {}).get("name"),
+               norm=(rec.get("norm") or {}).get("name"), steps=_last_row(metrics).get("step"), total_steps=None,
+               final_top1=evals[-1] if evals else None, best_top1=max(evals) if evals else None, test_top1=None,
+               eval_split="val" if held_out else "test", images_per_s=None, diverged_at_step=None)
     return row
 
 
@@ -112,22 +164,25 @@ def _cell(key: str, v) -> str:
         return "-"
     if key == "updated":
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(v))
-    if key == "best_top1":
+    if key in ("best_top1", "final_top1", "test_top1"):
         return f"{v:.2f}"
     if key == "images_per_s":
-        return f"{v:.0f}"
+        return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
     return str(v)
 
 
 def table(rows: list[dict]) -> str:
-    heads = ["run", "updated", "status", "name", "model", "norm", "steps", "best top-1", "img/s", "diverged"]
+    heads = ["run", "updated", "status", "name", "model", "norm", "steps", "final top-1", "best top-1", "img/s",
+             "diverged"]
     cells = []
     for r in rows:
         steps = "-" if r["steps"] is None else f"{r['steps']}/{_cell('', r['total_steps'])}"
+        mark = " (val)" if r.get("eval_split") == "val" else ""
         cells.append([_cell("run", r["run"]), _cell("updated", r["updated"]), r["status"], _cell("", r["name"]),
-                      _cell("", r["model"]), _cell("", r["norm"]), steps, _cell("best_top1", r["best_top1"]),
-                      _cell("images_per_s", r["images_per_s"]), _cell("", r["diverged_at_step"])])
-    right = {"steps", "best top-1", "img/s", "diverged"}
+                      _cell("", r["model"]), _cell("", r["norm"]), steps, _cell("final_top1", r["final_top1"]) + mark,
+                      _cell("best_top1", r["best_top1"]) + mark, _cell("images_per_s", r["images_per_s"]),
+                      _cell("", r["diverged_at_step"])])
+    right = {"steps", "final top-1", "best top-1", "img/s", "diverged"}
     widths = [max(len(c[i]) for c in cells + [heads]) for i in range(len(heads))]
     lines = []
     for c in [heads] + cells:

@@ -196,20 +196,19 @@ def _resolve(module: str):
 
 
 def _resolve_light(module: str):
-    """A normtrain module for real if it is light, otherwise None (left out)."""
-    if is_light(module):
-        __import__(module)
-        return sys.modules[module]
-    return None
+    """A normtrain module if it is already imported, otherwise None (left out): deciding whether an
+    unimported module is light means parsing it and its imports, which costs more than the quick
+    read this serves."""
+    return sys.modules.get(module)
 
 
 def light(module: str, upto: str | None = None) -> types.ModuleType:
     """The stand-in of module `module` (see the module docstring); cached.
 
     With `upto`, only the source up to the end of the top-level definition `upto` is
-    read (`head`; LookupError if there is none) and only light normtrain modules are
-    imported by it: a quick read of one declaration near the top of a heavy file, such
-    as a method's ``Options``.
+    read (`head`; LookupError if there is none) and of the normtrain modules it imports
+    only those already imported are used: a quick read of one declaration near the top
+    of a heavy file, such as a method's ``Options`` (which needs only the standard library).
     """
     name = PREFIX + module + (f":{upto}" if upto else "")
     if name in sys.modules:

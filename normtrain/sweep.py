@@ -19,12 +19,17 @@ reused, so re-running a sweep only runs what is missing (an interrupted run is
 resumed from its checkpoint).
 
 At the end: ``<out>/summary.md`` and ``<out>/summary.csv`` (per configuration:
-runs, final train and test top-1 as mean ± std over seeds, diverged count,
-images/s), ``<out>/curves.png`` (training loss and test top-1 of every run: one
-colour per configuration, one line style and marker per seed, x where a run
-diverged) and ``<out>/summary.png`` (final test top-1 per configuration, mean ±
-std with each seed's value), both titled with the best configuration and the
-number of diverged runs. All input is validated, and every recipe of the
+runs, final train and evaluation top-1 as mean ± std over seeds, diverged and
+collapsed counts, images/s), ``<out>/runs.csv`` (one row per run: its seed,
+status and every final number), ``<out>/curves.png`` (training loss and
+evaluation top-1 of every run: one colour per configuration, one line style and
+marker per seed, x where a run diverged) and ``<out>/summary.png`` (final
+evaluation top-1 per configuration: mean with a ± std error bar and each seed's
+value, on an axis zoomed to the data), both titled with the recipe and network,
+the best configuration and the number of diverged and collapsed runs. A run is
+*collapsed* when it finished at chance: final evaluation top-1 within
+max(2 points, half of chance) of chance = 100 / classes (e.g. <= 15% with 10
+classes); it is counted, not taken as a result that trained. All input is validated, and every recipe of the
 grid loaded, before anything is written (exit 2 on bad input). A run that
 diverges is a result (counted in 'diverged'); a run that fails is reported and
 the sweep exits 1 after writing the summary of the others.
@@ -77,34 +82,7 @@ def parser() -> argparse.ArgumentParser:
 
 # -- the grid -------------------------------------------------------------------------------
 
-def split_values(raw: str) -> list[str]:
-    """Split on top-level commas: not inside [], {}, () or quotes."""
-    out, depth, quote, cur = [], 0, None, []
-    for ch in raw:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = None
-            continue
-        if ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-            if depth < 0:
-                raise UsageError(f"--set value {raw!r}: unbalanced brackets")
-        elif ch == "," and depth == 0:
-            out.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    if depth != 0 or quote:
-        raise UsageError(f"--set value {raw!r}: unbalanced brackets or quotes")
-    out.append("".join(cur))
-    if any(not v.strip() for v in out):
-        raise UsageError(f"--set value {raw!r}: empty value in the comma-separated list")
-    return out
+split_values = config.split_values  # top-level comma split (shared with the scenarios' --set lists)
 
 
 def parse_axis(item: str) -> tuple[str, list[Any]]:
@@ -256,6 +234,20 @@ def run_subprocesses(specs: list[RunSpec], recipe_arg: str, gpus: int) -> list[s
 
 # -- summary ------------------------------------------------------------------------------------
 
+def chance(res: dict) -> float | None:
+    """Top-1 (%) of guessing: 100 / classes (None if results.json does not say how many)."""
+    n = res.get("num_classes")
+    return 100.0 / n if n else None
+
+
+def collapsed(res: dict | None) -> bool:
+    """A finished run whose final evaluation top-1 is at chance: within max(2 points, chance / 2) of 100 / classes."""
+    if not res or res.get("status") != "completed":
+        return False
+    top1, c = (res.get("final") or {}).get("eval/top1"), chance(res)
+    return top1 is not None and c is not None and top1 <= c + max(2.0, c / 2)
+
+
 def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
@@ -292,29 +284,57 @@ def summarize(specs: list[RunSpec]) -> list[dict]:
                     "train_top1_mean": tr[0], "train_top1_std": tr[1],
                     "test_top1_mean": te[0], "test_top1_std": te[1],
                     "diverged": sum(1 for r in done if r.get("status") == "diverged"),
+                    "collapsed": sum(1 for r in done if collapsed(r)),
                     "images_per_s": ips[0]})
         rows.append(row)
     return rows
 
 
+RUN_COLUMNS = ["run", "config", "norm", "seed", "status", "collapsed", "steps", "total_steps", "train_top1",
+               "eval_top1", "best_eval_top1", "eval_split", "test_top1", "eval_ema_top1", "images_per_s"]
+
+
+def write_runs_csv(out: Path, specs: list[RunSpec], keys: list[str]) -> None:
+    """runs.csv: one row per run of the grid (its seed and final numbers; empty where it has no results)."""
+    buf = io.StringIO()
+    cols = RUN_COLUMNS[:3] + keys + RUN_COLUMNS[3:]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for s in specs:
+        res = load_result(s) or {}
+        f = res.get("final") or {}
+        row = {"run": s.out.name, "config": s.config_label, "norm": s.norm, "seed": s.recipe.run.seed,
+               "status": res.get("status", "missing"), "collapsed": collapsed(res), "steps": res.get("steps"),
+               "total_steps": res.get("total_steps"), "train_top1": f.get("train/top1"),
+               "eval_top1": f.get("eval/top1"), "best_eval_top1": res.get("best_eval_top1"),
+               "eval_split": res.get("eval_split"), "test_top1": f.get("test/top1"),
+               "eval_ema_top1": f.get("eval_ema/top1"), "images_per_s": (res.get("timings") or {}).get("images_per_s"),
+               **{k: value_text(v) for k, v in s.values}}
+        w.writerow({c: "" if row.get(c) is None else row[c] for c in cols})
+    (out / "runs.csv").write_text(buf.getvalue())
+
+
 def write_summary(out: Path, rows: list[dict], keys: list[str], title: str) -> None:
     cols = ["config", "norm", *keys, "runs", "seeds", "train_top1_mean", "train_top1_std", "test_top1_mean",
-            "test_top1_std", "diverged", "images_per_s"]
+            "test_top1_std", "diverged", "collapsed", "images_per_s"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({c: ("" if r.get(c) is None else (value_text(r[c]) if c in keys else r[c])) for c in cols})
     (out / "summary.csv").write_text(buf.getvalue())
-    head = ["norm", *keys, "runs", "train top-1 (%)", "test top-1 (%)", "diverged", "images/s"]
+    head = ["norm", *keys, "runs", "train top-1 (%)", "eval top-1 (%)", "diverged", "collapsed", "images/s"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["norm"], *[value_text(r.get(k)) for k in keys], f"{r['runs']}/{r['seeds']}",
                  pm(r["train_top1_mean"], r["train_top1_std"]), pm(r["test_top1_mean"], r["test_top1_std"]),
-                 str(r["diverged"]), "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"]
+                 str(r["diverged"]), str(r["collapsed"]),
+                 "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "mean ± std over seeds of the final logged training top-1 and the final evaluation top-1; "
-              "'runs' = runs with a results.json / runs in the grid."]
+    lines += ["", "mean ± std over seeds of the final logged training top-1 and the final evaluation top-1 "
+              "(on the held-out validation split when the recipe has data.val_split); 'runs' = runs with a "
+              "results.json / runs in the grid; 'collapsed' = finished at chance (final top-1 within max(2 points, "
+              "chance/2) of 100/classes). Every run's numbers: runs.csv."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -349,8 +369,11 @@ def headline(rows: list[dict], title: str) -> str:
     parts = [title]
     if scored:
         best = max(scored, key=lambda r: r["test_top1_mean"])
-        parts.append(f"best test top-1: {best['config']} {pm(best['test_top1_mean'], best['test_top1_std'], 1)}%")
+        parts.append(f"best eval top-1: {best['config']} {pm(best['test_top1_mean'], best['test_top1_std'], 1)}%")
     parts.append(f"{diverged}/{runs} runs diverged")
+    collapsed_runs = sum(r.get("collapsed", 0) for r in rows)
+    if collapsed_runs:
+        parts.append(f"{collapsed_runs}/{runs} collapsed (at chance)")
     return "\n".join([parts[0], "; ".join(parts[1:])])
 
 
@@ -423,6 +446,16 @@ def plot_curves(out: Path, specs: list[RunSpec], title: str = "sweep") -> None:
         plt.close(fig)
 
 
+def zoom(values: list[float]) -> tuple[float, float]:
+    """x-limits around `values` with a margin of 15% of their span (at least 0.5 point), inside [0, 100]."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return 0.0, 100.0
+    lo, hi = min(values), max(values)
+    pad = max(0.15 * (hi - lo), 0.5)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
 def plot_summary(out: Path, specs: list[RunSpec], rows: list[dict], title: str = "sweep") -> None:
     """summary.png: final test top-1 per configuration, mean ± std over seeds (bar and error bar),
     each seed's value as its marker, and how many of its runs diverged."""
@@ -432,30 +465,38 @@ def plot_summary(out: Path, specs: list[RunSpec], rows: list[dict], title: str =
     labels = [r["config"] for r in rows]
     colours = _colours(labels)
     seeds = max(s.seed_index for s in specs) + 1
+    values = []  # every number drawn, for the axis range
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(15, max(4.0, 0.75 * len(rows) + 2.2)))
         ys = range(len(rows))[::-1]  # first configuration on top
         for y, r in zip(ys, rows):
             c = colours[r["config"]]
             if r["test_top1_mean"] is not None:
-                ax.barh(y, r["test_top1_mean"], xerr=r["test_top1_std"], color=c, alpha=0.45, height=0.6,
-                        error_kw={"elinewidth": 2, "capsize": 6, "ecolor": "0.2"})
+                # Mean as a diamond with a +-std error bar: a bar from 0 would hide sub-point gaps on a zoomed axis.
+                ax.errorbar(r["test_top1_mean"], y, xerr=r["test_top1_std"], fmt="D", color=c, ms=11, mec="0.15",
+                            elinewidth=2.5, capsize=7, ecolor="0.2", zorder=3)
+                values += [r["test_top1_mean"] - r["test_top1_std"], r["test_top1_mean"] + r["test_top1_std"]]
             for s in specs:
                 res = load_result(s) if s.config_label == r["config"] else None
                 top1 = ((res or {}).get("final") or {}).get("eval/top1")
                 if top1 is not None:
-                    ax.plot(top1, y + 0.12 * (s.seed_index - (seeds - 1) / 2), color=c, ls="none", ms=8,
-                            marker=_seed_style(s.seed_index)["marker"], mec="0.15")
-            note = pm(r["test_top1_mean"], r["test_top1_std"], 1) + "%" if r["test_top1_mean"] is not None \
+                    values.append(top1)
+                    ax.plot(top1, y + 0.18 * (s.seed_index - (seeds - 1) / 2) - 0.25, color=c, ls="none", ms=8,
+                            marker=_seed_style(s.seed_index)["marker"], mec="0.15",
+                            mfc="none" if collapsed(res) else c)
+            note = pm(r["test_top1_mean"], r["test_top1_std"], 2) + "%" if r["test_top1_mean"] is not None \
                 else "no evaluation"
             if r["diverged"]:
                 note += f", {r['diverged']}/{r['runs']} diverged"
+            if r["collapsed"]:
+                note += f", {r['collapsed']}/{r['runs']} collapsed"
             ax.annotate(note, (1.0, y), xycoords=("axes fraction", "data"), xytext=(8, 0),
                         textcoords="offset points", va="center")
         ax.set_yticks(list(ys), labels)
-        ax.set_ylim(-0.6, len(rows) - 0.4)
-        ax.set_xlabel("final evaluation top-1 (%): bar = mean over seeds, whisker = std, markers = seeds")
-        ax.set_xlim(0, 100)
+        ax.set_ylim(-0.8, len(rows) - 0.4)
+        ax.set_xlabel("final evaluation top-1 (%): diamond = mean over seeds, error bar = ± std, markers = seeds "
+                      "(hollow: collapsed at chance); axis zoomed to the data")
+        ax.set_xlim(*zoom(values))
         from matplotlib.lines import Line2D
         ax.legend(handles=[Line2D([], [], color="0.5", mec="0.15", ls="none", ms=8, label=f"seed {k}",
                                   marker=_seed_style(k)["marker"]) for k in range(seeds)],
@@ -465,6 +506,15 @@ def plot_summary(out: Path, specs: list[RunSpec], rows: list[dict], title: str =
         fig.tight_layout()
         fig.savefig(out / "summary.png", dpi=100)
         plt.close(fig)
+
+
+def sweep_title(recipe: str, specs: list[RunSpec], configs: int, seeds: int) -> str:
+    """'sweep: R (network N[, data D]), K runs (C configurations x S seeds)': the network and data the runs
+    really used, so an overridden model.name or --data shows."""
+    models = ", ".join(dict.fromkeys(s.recipe.model.name for s in specs))
+    sources = list(dict.fromkeys(s.recipe.data.source for s in specs))
+    data = f", data {sources[0]}" if len(sources) == 1 else ""
+    return f"sweep: {recipe} (network {models}{data}), {len(specs)} runs ({configs} configurations x {seeds} seeds)"
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -503,14 +553,16 @@ def main(argv: list[str]) -> int:
             failures, interrupted = [], str(e)
     keys = [k for k, _ in specs[0].values]
     rows = summarize(specs)
-    title = f"sweep: {args.recipe}, {len(specs)} runs ({len(rows)} configurations x {args.seeds} seeds)"
+    title = sweep_title(args.recipe, specs, len(rows), args.seeds)
     write_summary(out, rows, keys, title)
+    write_runs_csv(out, specs, keys)
     plot_title = headline(rows, title)
     plot_curves(out, specs, plot_title)
     plot_summary(out, specs, rows, plot_title)
     print((out / "summary.md").read_text())
     print(f"normtrain sweep: {len(specs)} runs ({len(todo)} run now, {time.perf_counter() - t0:.1f}s) -> "
-          f"{out / 'summary.md'}, {out / 'summary.csv'}, {out / 'curves.png'}, {out / 'summary.png'}", flush=True)
+          f"{out / 'summary.md'}, {out / 'summary.csv'}, {out / 'runs.csv'}, {out / 'curves.png'}, "
+          f"{out / 'summary.png'}", flush=True)
     if interrupted:
         print(f"normtrain sweep: interrupted during {interrupted}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

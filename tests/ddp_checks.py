@@ -11,6 +11,8 @@ CHECK is
 - ``compile`` (tests/test_compile.py): per method, the same training through an eager
   DDP model and through ``torch.compile(DDP(model), backend="aot_eager")`` (what the
   engine compiles), with the weight cache on; losses and weights compared.
+- ``vit`` (tests/test_transformers.py): per method, the small ViT trained under DDP against
+  single-process simulations of per-process batches and of the global batch (`check_vit`).
 
 Every rank trains on its own data; rank 0 writes the largest differences to OUT.json.
 The tests call `run_check`; the network and counting helpers here are theirs too.
@@ -135,9 +137,44 @@ def check_compile(name: str, d: dist.Dist) -> dict:
             "world": d.world}
 
 
+def sgd_steps(raw: nn.Module, steps) -> None:
+    """SGD steps; each step is a list of (x, y, weight): the loss is sum(weight * mean cross-entropy)."""
+    opt = torch.optim.SGD(raw.parameters(), lr=0.1, momentum=0.9)
+    for step in steps:
+        opt.zero_grad(set_to_none=True)
+        for x, y, w in step:
+            (w * F.cross_entropy(raw(x), y)).backward()
+        opt.step()
+
+
+def weight_diff(a: nn.Module, b: nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def check_vit(name: str, d: dist.Dist) -> dict:
+    """The small ViT (2 blocks, 4 tokens + class token) trained under DDP on each rank's own 4 samples,
+    against two single-process simulations that see every rank's data: per-process batches (each rank's
+    half through its own forward, gradients averaged: what DDP computes with per-process statistics) and
+    one forward of the whole global batch (equal to it for methods without batch statistics)."""
+    from normtrain import models  # noqa: PLC0415 - only this check builds a registered network
+    torch.manual_seed(0)
+    raw = models.build("vit-tiny-digits", norms.get(name), 5, (1, 4, 4), init="xavier", depth=2).double()
+    split, full = copy.deepcopy(raw), copy.deepcopy(raw)
+    gens = [torch.Generator().manual_seed(100 + r) for r in range(d.world)]
+    halves = [[(torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 5, (4,), generator=g))
+               for _ in range(STEPS)] for g in gens]
+    sgd_steps(dist.wrap(raw, d), [[(*halves[d.rank][s], 1.0)] for s in range(STEPS)])
+    sgd_steps(split, [[(*halves[r][s], 1.0 / d.world) for r in range(d.world)] for s in range(STEPS)])
+    sgd_steps(full, [[(torch.cat([h[s][0] for h in halves]), torch.cat([h[s][1] for h in halves]), 1.0)]
+                     for s in range(STEPS)])
+    return {"per_process_diff": weight_diff(raw, split), "global_batch_diff": weight_diff(raw, full),
+            "rank_spread": rank_spread(dict(raw.named_parameters()), d), "world": d.world,
+            "batch_statistics": any(isinstance(m, nn.modules.batchnorm._NormBase) for m in raw.modules())}
+
+
 def main(check: str, out: str, methods: list[str]) -> None:
     d = dist.setup("cpu")
-    fn = {"step-weights": check_step_weights, "compile": check_compile}[check]
+    fn = {"step-weights": check_step_weights, "compile": check_compile, "vit": check_vit}[check]
     results = {name: fn(name, d) for name in methods}
     if d.main:
         Path(out).write_text(json.dumps(results, indent=1))

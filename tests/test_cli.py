@@ -10,7 +10,8 @@ def test_default_job_end_to_end(tmp_path):
     p = run_cli("--out", tmp_path / "run", "--set", "train.epochs=2")
     assert p.returncode == 0, p.stderr
     last = p.stdout.strip().splitlines()[-1]
-    assert last.startswith("normtrain: completed") and "eval top1" in last
+    # the default recipe holds out a validation split: its top-1, then the test split's
+    assert last.startswith("normtrain: completed") and "| val top1 " in last and "| test top1 " in last
     res = json.loads((tmp_path / "run/results.json").read_text())
     assert res["final"]["eval/top1"] > 50
     assert (tmp_path / "run/tb").is_dir()
@@ -42,7 +43,7 @@ def test_list(what):
     (["--set", "optim.lr=abc"], "optim.lr: expected a number"),
     (["--data", "/definitely/missing"], "data path does not exist: /definitely/missing"),
     (["--set", "data.batch_size=63", "--set", "train.accum_steps=2"], "not divisible by processes (1) x train.accum_steps (2)"),
-    (["--nproc-per-node", "3"], "--nproc-per-node 3"),
+    (["--nproc-per-node", "0"], "--nproc-per-node: expected a positive integer"),
     (["--nproc-per-node", "x"], "--nproc-per-node: expected a positive integer"),
     (["--bogus-flag"], "unrecognized arguments"),
     (["list", "nothing"], "invalid choice"),

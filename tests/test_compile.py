@@ -12,6 +12,8 @@ of it in the C++ compiler, so not one per method):
   through `norms.micro_batches` (the weight methods' per-step cache), then an eval
   forward: losses, weights and buffers must match eager, with no graph break and
   exactly one graph for training and one for evaluation (no recompiles);
+- the transformer methods (ln, rmsn, dyt, and bn's and none's token forms) the same way on
+  a one-block ViT (token norms, scaled_dot_product_attention);
 - real inductor (the engine's default backend, code generation included) in-process
   for `ghost`: batch statistics from a permuted layout, and buffer updates;
 - DDP under 2-process gloo: tests/ddp_checks.py compiles a DDP-wrapped model (what
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
 
-from normtrain import checkpoint, config, engine, norms
+from normtrain import checkpoint, config, engine, models, norms
 
 from .conftest import run_cli
 from .ddp_checks import run_check
@@ -64,11 +66,16 @@ def train_and_eval(model: nn.Module, raw: nn.Module, batches) -> list[float]:
     return torch.stack(losses).tolist()
 
 
-def check_compiled_matches_eager(name: str, backend: str) -> None:
+def small_vit(bundle: norms.Normalizer) -> nn.Module:
+    """One ViT block on 2x2 patches of a 3x4x4 input (4 tokens + the class token): the token norms, SDPA."""
+    return models.build("vit-tiny-digits", bundle, 5, (3, 4, 4), init="xavier", depth=1)
+
+
+def check_compiled_matches_eager(name: str, backend: str, net=small_net) -> None:
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    eager = small_net(norms.get(name, groups=4))
+    eager = net(norms.get(name, groups=4))
     raw = copy.deepcopy(eager)
     compiled = torch.compile(raw, backend=backend)
     batches = [(torch.randn(8, 3, 4, 4), torch.randint(0, 5, (8,))) for _ in range(4)]
@@ -87,6 +94,12 @@ def check_compiled_matches_eager(name: str, backend: str) -> None:
 @pytest.mark.parametrize("name", norms.names())
 def test_every_method_compiles_aot_eager(name):
     check_compiled_matches_eager(name, "aot_eager")
+
+
+@pytest.mark.parametrize("name", ["ln", "rmsn", "dyt", "bn", "none"])
+def test_transformer_methods_compile_aot_eager(name):
+    """The transformer methods' token norms (and bn's and none's token forms) in a ViT block."""
+    check_compiled_matches_eager(name, "aot_eager", net=small_vit)
 
 
 def test_ghost_compiles_with_inductor():

@@ -121,12 +121,13 @@ def test_one_rank_with_a_non_finite_buffer_stops_every_rank(site, tmp_path):
 def test_rank_without_the_run_folder_gets_the_checkpoint_from_rank_0(site, tmp_path):
     """Per-node run folders: rank 1 sees an empty folder; rank 0 decides, and sends it the state.
 
-    Dropout makes the per-rank RNG streams matter: the resumed run ends bitwise equal to an uninterrupted one.
+    Dropout makes the per-rank RNG streams matter: the resumed run ends bitwise equal to an uninterrupted one,
+    its EMA of the weights (train.ema_decay, sent with the checkpoint) too.
     """
     for d in ("a", "b", "c"):
         (tmp_path / d).mkdir()
     common = ["--set", "model.dropout=0.3", "--set", "train.epochs=2", "--set", "train.broadcast_buffers=false",
-              "--out", "runs/x"]
+              "--set", "train.ema_decay=0.9", "--out", "runs/x"]
     full = launch(site, *common, cwd=tmp_path / "c")
     assert full.returncode == 0, full.stderr[-3000:]
     part = launch(site, *common, "--set", "train.max_steps=7", cwd=tmp_path / "a",
@@ -142,9 +143,11 @@ def test_rank_without_the_run_folder_gets_the_checkpoint_from_rank_0(site, tmp_p
     wa = checkpoint.load(tmp_path / "a/runs/x/checkpoints/last.pt")
     wc = checkpoint.load(tmp_path / "c/runs/x/checkpoints/last.pt")
     assert wa["step"] == wc["step"]
-    for k, v in wc["model"].items():
-        if "running" not in k and "num_batches" not in k:  # BN running stats are averaged at each save
-            assert torch.equal(wa["model"][k], v), k
+    for part in ("model", "ema"):
+        for k, v in wc[part].items():
+            if "running" not in k and "num_batches" not in k:  # BN running stats are averaged at each save
+                assert torch.equal(wa[part][k], v), (part, k)
+    assert int(wa["ema"]["n_averaged"]) == wa["step"]
 
 
 def test_resume_never_refuses_on_every_rank(site, tmp_path):

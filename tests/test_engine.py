@@ -243,7 +243,8 @@ def test_no_host_device_sync_per_step(tmp_path, monkeypatch):
         return read_fn(self)
     monkeypatch.setattr(engine, "train_step", train_step)
     monkeypatch.setattr(engine.StepFlags, "read", read)
-    r = recipe(tmp_path, ("train.max_steps", 20), ("log.every_steps", 1000), ("train.epochs", 1.0))
+    r = recipe(tmp_path, ("train.max_steps", 20), ("log.every_steps", 1000), ("train.epochs", 1.0),
+               ("data.val_split", 0))  # one evaluation at the end (with a validation split, the test split's too)
     run = engine.prepare(r, engine.dist.Dist())
     calls.clear()
     status = engine.loop(run, engine.RunLogger(None, 0, False, False), engine.StopFlag())

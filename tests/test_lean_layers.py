@@ -302,3 +302,15 @@ def test_global_pool_equals_adaptive_pool_and_keeps_the_layout_in_backward(cl):
     ref.backward(g)
     torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0)
     assert x1.grad.is_contiguous(memory_format=CL if cl else torch.contiguous_format)
+
+
+# -- rmsn on conv maps (Zhang & Sennrich 2019 eq. 4 over a sample's (C, H, W)) ------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,cl", SHAPES)
+def test_sample_rms_function_equals_definition(shape, cl, dtype):
+    from normtrain.norms import rmsn
+    w = torch.rand(shape[1]) + 0.5
+    _compare(lambda x, w: rmsn._SampleRMS.apply(x, w, 1e-5), lambda x, w: rmsn.sample_rms_reference(x, w, 1e-5),
+             _inputs(shape, dtype, cl), (w,), dtype)
+    x2 = _inputs((4, 6), torch.float32)  # an (N, C) input is torch.nn.RMSNorm(C)
+    torch.testing.assert_close(rmsn.sample_rms_reference(x2, torch.ones(6), 1e-5), torch.nn.RMSNorm(6, eps=1e-5)(x2))

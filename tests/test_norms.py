@@ -21,7 +21,7 @@ from normtrain.norms import brn, cwn, evonorm, frn, ghost, mobn_wn, nf, normprop
 ALL = norms.names()
 #: The methods of the papers (DESIGN §3) and the issues since: none may go missing from the registry.
 PAPERS = ["bn", "syncbn", "none", "wn", "normprop", "trelu-wn", "gn", "ln", "in", "ws", "ws-gn", "ws-bn",
-          "ghost", "seqnorm", "nf", "brn", "mobn-wn", "cwn", "gn-wn", "frn", "evonorm-b0", "evonorm-s0"]
+          "ghost", "seqnorm", "nf", "brn", "mobn-wn", "cwn", "gn-wn", "frn", "evonorm-b0", "evonorm-s0", "rmsn", "dyt"]
 
 
 @pytest.fixture(autouse=True)

@@ -301,7 +301,7 @@ def test_constant_images_are_a_data_problem_not_divergence(tmp_path):
         d["data"] = np.full_like(d["data"], 7)
         f.write_bytes(pickle.dumps(d))
     line = one_line_error(run_cli(*FLAGS, "--set", "model.name=mlp", "--set", "data.batch_size=20",
-                                  "--data", root, "--out", tmp_path / "o"))
+                                  "--set", "data.val_split=0", "--data", root, "--out", tmp_path / "o"))
     assert "constant (std 0)" in line and not (tmp_path / "o").exists()
 
 
@@ -311,7 +311,8 @@ def test_unreadable_eval_image_met_mid_run_is_a_resumable_data_error(tmp_path):
     args = [*FLAGS, "--data", root, "--set", "data.backend=folder", "--set", "model.name=resnet18",
             "--set", "model.options={}",
             "--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "data.workers=0",
-            "--set", "train.checkpoint_every_steps=2", "--set", "train.epochs=1", "--out", out]
+            "--set", "train.checkpoint_every_steps=2", "--set", "train.epochs=1", "--set", "data.val_split=0",
+            "--out", out]
     line = one_line_error(run_cli(*args), code=5)
     assert "corrupt.JPEG" in line and "rerun the same command to resume" in line
     assert checkpoint.load(out / "checkpoints/last.pt")["step"] >= 2

@@ -30,8 +30,8 @@ def test_runs_table_and_csv(tmp_path):
     res, out, err = run_light("runs", str(tmp_path))
     assert res == {"rc": 0, "heavy": []}, err  # reads files only: no torch
     lines = out.splitlines()
-    assert lines[0].split() == ["run", "updated", "status", "name", "model", "norm", "steps", "best", "top-1",
-                                "img/s", "diverged"]
+    assert lines[0].split() == ["run", "updated", "status", "name", "model", "norm", "steps", "final", "top-1",
+                                "best", "top-1", "img/s", "diverged"]
     body = {l.split()[0]: l for l in lines[2:]}
     assert set(body) == {"a", "sweep/none-lr", "killed"}
     assert " completed " in body["a"] and f"{done['steps']}/{done['total_steps']}" in body["a"]

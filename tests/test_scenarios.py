@@ -8,9 +8,9 @@ import torch
 
 from normtrain import config, scenarios
 from normtrain.errors import UsageError
-from normtrain.scenarios import (bn_cost, common, ghost_equivalence, ghost_example, linear50_wn, loss_landscape,
-                                 nf_ablation, normprop_residual, output_norms, signal_prop, wn_generalization,
-                                 ws_curves, ws_gradients)
+from normtrain.scenarios import (bn_cost, common, dyt_tanh_shape, ghost_equivalence, ghost_example, linear50_wn,
+                                 loss_landscape, nf_ablation, normprop_residual, output_norms, signal_prop,
+                                 wn_generalization, ws_curves, ws_gradients)
 
 from .conftest import run_cli
 
@@ -37,6 +37,7 @@ SMOKE = {
     "wn-small-net": ["epochs=0.01", "seeds=2", "batch_size=16", "width=0.0625"],
     "trelu-wn-instability": ["model=resnet8", "steps=6", "record_every=2", "batch_size=8"],
     "residual-scalings": ["image_size=32", "batch_size=4", "scalings=[sqrt2]"],
+    "dyt-tanh-shape": ["steps=2", "seeds=2", "batch_size=8", "probe_images=4"],
 }
 
 
@@ -561,3 +562,54 @@ def test_common_below_and_mean_std():
     assert common.below([2.0], [1.0])["shown"] is False
     v = common.verdict("c", "k", "first part; second", True)
     assert v["headline"] == "first part"
+
+
+# -- dyt-tanh-shape -----------------------------------------------------------------------------------------
+
+def _r2(tanh_rows, line_rows):
+    return {"tanh": tanh_rows, "line": line_rows}
+
+
+def _layers(early, mid, deep, jitter=(0.001, -0.001, 0.0)):
+    """Per-seed R^2 rows over 6 LN layers (earliest two at `early`, two at `mid`, deepest two at `deep`), each seed's
+    row shifted by its `jitter`."""
+    return [[v + j for v in [early] * 2 + [mid] * 2 + [deep] * 2] for j in jitter]
+
+
+def test_dyt_tanh_shape_fits_recover_a_tanh_and_a_line():
+    x = torch.linspace(-6, 6, 2001, dtype=torch.float64)
+    t = dyt_tanh_shape.fit_tanh(x, 1.5 * torch.tanh(0.7 * x))
+    assert t["r2"] > 1 - 1e-9 and t["a"] == pytest.approx(1.5, rel=1e-3) and t["b"] == pytest.approx(0.7, rel=1e-3)
+    line = dyt_tanh_shape.fit_line(x, 2 * x + 1)
+    assert (line["k"], line["c"], line["r2"]) == pytest.approx((2.0, 1.0, 1.0))
+    straight = dyt_tanh_shape.fit_tanh(x, 0.3 * x)           # a line through 0: the tanh's linear limit
+    assert straight["r2"] > 0.999
+
+
+def test_dyt_tanh_shape_verdict_states():
+    R, N, I = common.REPRODUCED, common.NOT_REPRODUCED, common.INCONCLUSIVE
+    v = dyt_tanh_shape.verdict
+    states = lambda res: {q["name"]: q["state"] for q in res["parts"]}  # noqa: E731
+    flat = _r2(_layers(0.95, 0.95, 0.95), _layers(0.95, 0.95, 0.95, (0.0, 0.001, -0.001)))
+    paper = _r2(_layers(0.97, 0.97, 0.99), _layers(0.97, 0.95, 0.90, (0.0, 0.001, -0.001)))  # the figure: S deep
+    res = v(paper, flat, 0.02)
+    assert states(res) == {"deep-tanh": R, "early-linear": R, "learned": R} and res["state"] == R
+    ours = _r2(_layers(0.85, 0.96, 0.966), _layers(0.80, 0.95, 0.961, (0.0, 0.001, -0.001)))  # at the CPU size
+    res = v(ours, ours, 0.02)
+    assert states(res) == {"deep-tanh": N, "early-linear": N, "learned": N} and res["state"] == N
+    noisy = _r2(_layers(0.9, 0.9, 0.95, (0.05, -0.05, 0.0)), _layers(0.9, 0.9, 0.92, (0.0, 0.05, -0.05)))  # noise
+    res = v(noisy, flat, 0.02)
+    assert states(res) == {"deep-tanh": I, "early-linear": I, "learned": I} and res["state"] == I
+    learned_only_at_init = v(paper, paper, 0.02)                                          # present before training
+    assert states(learned_only_at_init)["learned"] == N and learned_only_at_init["state"] == N
+    one_seed = v(_r2(_layers(0.9, 0.9, 0.9, (0.0,)), _layers(0.9, 0.9, 0.9, (0.0,))), flat, 0.02)
+    assert one_seed["state"] == I
+    assert all(q["source"] == ("added" if q["name"] == "learned" else "paper") for q in res["parts"])
+
+
+def test_dyt_tanh_shape_paper_plan_is_data():
+    p = dyt_tanh_shape.PAPER
+    assert set(p) >= {"where", "dataset", "gpus", "params", "recipes", "paper_values"}
+    from normtrain import models
+    assert p["params"]["model"] in models.names() and set(p["params"]) <= set(vars(dyt_tanh_shape.Params()))
+    json.dumps(p)

@@ -36,7 +36,7 @@ def run_light(*args):
 
 LIGHT_OK = [["--help"], ["train", "--help"], ["list"], ["list", "all"], ["list", "keys"], ["list", "--help"],
             *[["list", w] for w in ("recipes", "norms", "models", "scenarios", "data")],
-            ["scenario", "--help"], ["sweep", "--help"], ["runs", "--help"]]
+            ["scenario", "--help"], ["sweep", "--help"], ["runs", "--help"], ["eval", "--help"]]
 
 
 @pytest.mark.parametrize("args", LIGHT_OK, ids=" ".join)
@@ -73,12 +73,17 @@ BAD = [
     (["scenario", "ghost-example", "--data", "digits"], "takes no --data"),
     (["sweep", "--norm", "bn,nope"], "unknown norm 'nope'"),
     (["sweep", "--set", "optim.lr=0.1,abc"], "optim.lr: expected a number"),
+    (["eval", "/definitely/missing"], "no run folder or checkpoint at /definitely/missing"),
+    (["eval", ".", "--split", "train"], "invalid choice: 'train'"),
+    (["--set", "optim.name=adam"], "optim.name: 'adam' is not one of: sgd, adamw, lamb, lars"),
+    (["--set", "data.mixup=-1"], "data.mixup: -1.0 is out of range"),
+    (["scenario", "linear50-wn", "--set", "lrs=0.1,x"], "lrs[1]: expected a number"),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_usage_errors_do_not_import_torch(args, message, tmp_path):
-    res, out, err = run_light(*args, *(["--out", str(tmp_path / "o")] if args[0] not in ("list",) else []))
+    res, out, err = run_light(*args, *(["--out", str(tmp_path / "o")] if args[0] not in ("list", "eval") else []))
     assert res["rc"] == 2, (out, err)
     assert message in err and err.count("\n") == 1, err
     assert res["heavy"] == [], f"{' '.join(args)} imported {res['heavy']}"

@@ -62,7 +62,7 @@ def test_headline_names_the_best_configuration_and_divergences():
     rows = [{"config": "bn", "runs": 2, "diverged": 0, "test_top1_mean": 90.0, "test_top1_std": 1.0},
             {"config": "wn", "runs": 2, "diverged": 1, "test_top1_mean": 92.5, "test_top1_std": 0.3},
             {"config": "none", "runs": 2, "diverged": 2, "test_top1_mean": None, "test_top1_std": None}]
-    assert sweep.headline(rows, "t") == "t\nbest test top-1: wn 92.5 ± 0.3%; 3/6 runs diverged"
+    assert sweep.headline(rows, "t") == "t\nbest eval top-1: wn 92.5 ± 0.3%; 3/6 runs diverged"
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -100,8 +100,19 @@ def _existing(source: str) -> Path:
 
 
 def build(cfg, split: str, ctx: DataContext) -> Loader:
-    """Build the loader of `split` ('train' or 'val') for this process."""
+    """Build the loader of `split` for this process: 'train'; 'val', the evaluation split during
+    training (held out of the training data with data.val_split, else the dataset's test split);
+    'test', the dataset's test split (val/ of an image folder, the test set of CIFAR or MNIST)."""
     return BACKENDS[resolve(cfg)](cfg, split, ctx)
+
+
+def has_test_split(cfg) -> bool:
+    """Whether the data has a test split beside a held-out validation split (an image folder
+    trained with data.val_split may have no val/ folder)."""
+    backend = resolve(cfg)
+    if backend in ("folder", "dali"):
+        return (Path(cfg.source).expanduser() / "val").is_dir()
+    return True
 
 
 __all__ = ["BACKENDS", "DataContext", "Loader", "build", "detect", "names", "resolve"]

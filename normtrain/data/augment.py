@@ -17,12 +17,15 @@ Pipelines (`data.augment`) for 32x32 / 28x28 tensor datasets:
   cutout         (any pipeline, `data.cutout` = side S) one S x S square per image, centre uniform
                  over the image (the square may be clipped at the border; DeVries & Taylor 2017),
                  set to 0 after normalization; training only
+With `data.randaugment` / `data.trivialaugment` the uint8 images first go through the
+torchvision policy image by image, and `data.random_erasing` erases after cutout (autoaug.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .autoaug import ERASING, POLICY, image_seeds, per_image
 from .base import BatchAugment
 
 PAD = 4
@@ -83,9 +86,10 @@ class TensorAugment(BatchAugment):
     """
 
     def __init__(self, mode: str, mean: torch.Tensor, std: torch.Tensor, size: int = 0,
-                 pad_mode: str = "reflect", cutout: int = 0):
+                 pad_mode: str = "reflect", cutout: int = 0, policy=None, eraser=None):
         self.mode, self.size, self.pad_mode, self.cutout_size = mode, size, pad_mode, cutout
         self.mean, self.std = mean, std
+        self.policy, self.eraser = policy, eraser  # autoaug.policy / autoaug.eraser, or None
 
     def out_shape(self, shape) -> tuple:
         shape = tuple(shape)
@@ -103,6 +107,8 @@ class TensorAugment(BatchAugment):
         return (x - self.mean) / self.std
 
     def train(self, x, g, lo, total):
+        if self.policy is not None:
+            x = per_image(x, self.policy, image_seeds(g.initial_seed(), lo, len(x), POLICY))
         x = self.normalize(x)
         n = len(x)
         if self.mode == "crop-flip":
@@ -118,6 +124,8 @@ class TensorAugment(BatchAugment):
             x = random_flip(x, g, lo, total)
         if self.cutout_size:
             x = cutout(x, self.cutout_size, g, lo, total)
+        if self.eraser is not None:
+            x = per_image(x, self.eraser, image_seeds(g.initial_seed(), lo, len(x), ERASING))
         return x
 
     def eval(self, x):

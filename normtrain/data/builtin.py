@@ -2,8 +2,11 @@
 Recognition of Handwritten Digits", as shipped with scikit-learn; CC BY 4.0).
 
 Vendored as `digits.npz` (uint8 pixels 0..16, labels). A fixed stratified split
-(seed 0) keeps 360 images for evaluation. Inputs are scaled to [0, 1] and
-standardised with the training split's per-pixel mean and std.
+(seed 0) keeps 360 images as the test split. Inputs are scaled to [0, 1] and
+standardised with the training split's per-pixel mean and std. With
+``data.val_split = N`` another N images of the training split are held out
+(stratified, seed 0) as the validation split ('val'); the standardisation still
+uses the whole training split (1,437 images), so the test inputs do not change.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import autoaug
 from .base import DataContext, TensorLoader
+from .imagefolder import stratified_holdout
 
 FILE = Path(__file__).with_name("digits.npz")
 TEST_SIZE = 360
@@ -42,6 +47,11 @@ def load_arrays():
 
 def build(cfg, split: str, ctx: DataContext):
     """The built-in digits: 1,797 real 8x8 handwritten digits (UCI), no download; the default recipe's data."""
-    (xtr, ytr), (xte, yte) = load_arrays()
-    x, y = (xtr, ytr) if split == "train" else (xte, yte)
-    return TensorLoader(torch.from_numpy(x)[:, None], torch.from_numpy(y), 10, ctx)
+    autoaug.refuse(cfg, "the built-in digits (8x8 standardised features)")
+    (xtr, ytr), test = load_arrays()
+    val = test
+    if cfg.val_split:
+        tr, va = stratified_holdout(ytr, cfg.val_split)
+        (xtr, ytr), val = (xtr[tr], ytr[tr]), (xtr[va], ytr[va])
+    x, y = {"train": (xtr, ytr), "val": val, "test": test}[split]
+    return TensorLoader(torch.from_numpy(np.ascontiguousarray(x))[:, None], torch.from_numpy(y), 10, ctx)

@@ -18,6 +18,10 @@ class folders); the pipelines implement `imagefolder.ImagePipeline`:
            (torchvision ColorJitter(0.4, 0.4, 0.4, 0.1) ranges; DALI applies them as one colour
            matrix, contrast about mid-grey rather than the image mean), coin-flip mirror, [-1, 1]
   rrc      image_random_crop (area 0.08-1, aspect 3/4-4/3) + resize to size x size, mirror
+  autoaug  data.randaugment / data.trivialaugment: DALI's auto_aug (rand_augment(n, m) /
+           trivial_augment_wide, 31 magnitude bins, fill 0, translations relative to the crop) on
+           the uint8 size x size crop after the flip, in a pipeline with enable_conditionals;
+           data.random_erasing: torchvision's RandomErasing on the output batch (`autoaug`)
   eval     resize (square for gitman, shorter side otherwise) to resize, centre crop
   output   fn.crop_mirror_normalize: float32 NCHW, (x - mean) / std (NHWC, handed on as a channels_last
            NCHW view, when the engine runs channels_last: `use_channels_last`); DALIClassificationIterator;
@@ -81,7 +85,7 @@ import torch
 
 from .. import dist
 from ..errors import UsageError
-from . import imagefolder
+from . import autoaug, imagefolder
 from .augment import cutout
 from .base import Batch, DataContext, Loader, batch_generator, eval_shard, require_batches, train_batches_per_epoch
 from .folder import usable_workers
@@ -229,6 +233,18 @@ def _define(spec: imagefolder.ImagePipeline, files, labels, train: bool, shard: 
                                 saturation=fn.random.uniform(range=(1 - sat, 1 + sat)),
                                 hue=fn.random.uniform(range=(-360.0 * h, 360.0 * h)))
     mirror = fn.random.coin_flip(probability=0.5) if aug != "none" else 0
+    if train and (spec.randaugment or spec.trivialaugment):
+        # DALI's auto_aug on the s x s crop, after the flip (as torchvision's policy in `folder`); fill 0 as there.
+        from nvidia.dali.auto_aug import rand_augment, trivial_augment
+        images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", crop=(s, s),
+                                          crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror)
+        pos_x = pos_y = 0.5
+        mirror = 0
+        if spec.randaugment:
+            images = rand_augment.rand_augment(images, n=spec.randaugment, m=spec.randaugment_magnitude,
+                                               shape=(s, s), fill_value=0)
+        else:
+            images = trivial_augment.trivial_augment_wide(images, shape=(s, s), fill_value=0)
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, crop=(s, s),
                                       crop_pos_x=pos_x, crop_pos_y=pos_y, mean=list(spec.mean), std=list(spec.std),
                                       mirror=mirror)
@@ -257,6 +273,7 @@ class DALILoader(Loader):
             raise UsageError(f"{idx.split_dir}: {self.num_samples} images cannot be sharded over {ctx.world} processes")
         require_batches(len(self), self.num_samples, ctx, str(idx.split_dir))
         self.gpu = ctx.device.type == "cuda"
+        self.eraser = autoaug.eraser(self.spec)
         self._owner = None
         self._warned = False
         self._build(None)
@@ -274,7 +291,9 @@ class DALILoader(Loader):
         shuffle_seed = (ctx.seed * 7919 + 17) % (2 ** 31)
         pipe_seed = (ctx.seed * 1_000_003 + ctx.rank * 7919 + 1) % (2 ** 31)
         self.num_threads = decoder_threads(self.cfg.workers, dist.local_world_size())
-        pipe = pipeline_def(_define, enable_checkpointing=True)(
+        # Automatic augmentation (DALI's auto_aug) needs conditional execution.
+        conditionals = ctx.train and bool(self.spec.randaugment or self.spec.trivialaugment)
+        pipe = pipeline_def(_define, enable_checkpointing=True, **({"enable_conditionals": True} if conditionals else {}))(
             self.spec, self.files, self.labels, ctx.train, ctx.rank, ctx.world, shuffle_seed, self.gpu,
             "HWC" if self.channels_last else "CHW",
             batch_size=ctx.batch_size, num_threads=self.num_threads, device_id=device_id,
@@ -383,6 +402,10 @@ class DALILoader(Loader):
             if ctx.train and self.spec.cutout:
                 g = batch_generator(x.device, ctx.seed, epoch, self._pos - 1)
                 x = cutout(x, self.spec.cutout, g, ctx.rank * ctx.batch_size, ctx.batch_size * ctx.world)
+            if ctx.train and self.eraser is not None:
+                seeds = autoaug.image_seeds(batch_generator(x.device, ctx.seed, epoch, self._pos - 1).initial_seed(),
+                                            ctx.rank * ctx.batch_size, len(x), autoaug.ERASING)
+                x = autoaug.per_image(x, self.eraser, seeds)
             yield x, y
         # Consume DALI's end of epoch (its dropped partial batch) unless state_dict() already did.
         if self._owner is token and self._pos == n and (not ctx.train or self._epoch == epoch):

@@ -7,9 +7,10 @@ on ``ctx.device``, int64 labels).
 
 - Decoding: ``torchvision.io.decode_image`` (JPEG/PNG/WebP/GIF, sniffed from the
   bytes, converted to RGB); other formats through PIL.
-- Transforms v2 on uint8 tensors in the workers; batches travel as uint8
+- Transforms v2 on uint8 tensors in the workers (RandAugment / TrivialAugment Wide last,
+  `autoaug`); batches travel as uint8
   (pinned when the device is CUDA, copied with ``non_blocking``) and are
-  converted and normalized on the device; cutout there too.
+  converted and normalized on the device; cutout and random erasing there too.
 - Sharding: the torch rule of `base` exactly, by a batch sampler (one global
   permutation per epoch; rank slices; start index for resume). Each sample's
   augmentation is seeded by (seed, epoch, sample index), so it does not depend
@@ -31,8 +32,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from .. import threads
 from ..errors import UsageError
-from . import imagefolder
+from . import autoaug, imagefolder
 from .augment import cutout
 from .base import (Batch, DataContext, Loader, batch_generator, epoch_permutation, eval_shard,
                    require_batches, train_batches_per_epoch, train_indices)
@@ -76,6 +78,12 @@ class ColorDistortion:
 
 def transforms(spec: imagefolder.ImagePipeline, train: bool):
     """The torchvision implementation of `spec` (a list of callables on uint8 CHW tensors)."""
+    base = _transforms(spec, train)
+    policy = autoaug.policy(spec) if train else None
+    return base + [policy] if policy is not None else base
+
+
+def _transforms(spec: imagefolder.ImagePipeline, train: bool):
     from torchvision.transforms import v2
     s, r = spec.size, spec.resize
     resize = v2.Resize((r, r) if spec.square else r, antialias=True)
@@ -101,10 +109,9 @@ def _reason(e: Exception) -> str:
 
 
 def usable_workers(requested: int) -> int:
-    """`data.workers`, at most the CPUs this process may use (affinity and cgroup quota: `cpus.available`;
-    more only oversubscribes them)."""
-    from .. import cpus
-    return min(requested, cpus.available())
+    """`data.workers`, at most the CPUs this process may use (affinity and cgroup quota,
+    `threads.available`; more only oversubscribes them)."""
+    return min(requested, threads.available())
 
 
 class _Bad:
@@ -216,6 +223,7 @@ class FolderLoader(Loader):
                                  prefetch_factor=4 if workers > 0 else None)
         self.mean = torch.tensor(self.spec.mean, device=ctx.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.spec.std, device=ctx.device).view(1, 3, 1, 1)
+        self.eraser = autoaug.eraser(self.spec)
 
     def __len__(self) -> int:
         return self.sampler.total()
@@ -241,6 +249,10 @@ class FolderLoader(Loader):
             if ctx.train and self.spec.cutout:
                 g = batch_generator(x.device, ctx.seed, epoch, k)
                 x = cutout(x, self.spec.cutout, g, ctx.rank * ctx.batch_size, ctx.batch_size * ctx.world)
+            if ctx.train and self.eraser is not None:
+                seeds = autoaug.image_seeds(batch_generator(x.device, ctx.seed, epoch, k).initial_seed(),
+                                            ctx.rank * ctx.batch_size, len(x), autoaug.ERASING)
+                x = autoaug.per_image(x, self.eraser, seeds)
             yield x, y
 
 

@@ -76,6 +76,8 @@ class ImagePipeline:
       rrc       random-resized crop (`RRC_SCALE`, `RRC_RATIO`) to size x size, flip
     eval: resize (square for gitman, shorter side otherwise) to ``resize``, centre crop ``size``.
     Then (x - mean) / std per channel in 0..255 units; output float32 NCHW.
+    Training extras (`autoaug`, the data.* keys of the same names): RandAugment or TrivialAugment
+    Wide on the uint8 crop after the flip; random erasing on the normalized batch, after cutout.
     """
     augment: str
     size: int
@@ -84,6 +86,10 @@ class ImagePipeline:
     mean: tuple
     std: tuple
     cutout: int
+    randaugment: int = 0
+    randaugment_magnitude: int = 9
+    trivialaugment: bool = False
+    random_erasing: float = 0.0
 
     @property
     def jitter(self):
@@ -108,7 +114,8 @@ def image_pipeline(cfg) -> ImagePipeline:
                  "none": ((0.0,) * 3, (255.0,) * 3)}[norm]
     if cfg.cutout >= size:
         raise UsageError(f"data.cutout {cfg.cutout} must be smaller than the {size}-pixel crop")
-    return ImagePipeline(aug, size, resize, aug == "gitman", tuple(mean), tuple(std), cfg.cutout)
+    return ImagePipeline(aug, size, resize, aug == "gitman", tuple(mean), tuple(std), cfg.cutout,
+                         cfg.randaugment, cfg.randaugment_magnitude, cfg.trivialaugment, cfg.random_erasing)
 
 
 # -- the file index -----------------------------------------------------------------------
@@ -236,10 +243,11 @@ def scan(files, threads: int = 0, time_limit: float = float("inf")):
 
 
 def index(cfg, split: str) -> FolderIndex:
-    """Files and labels of `split` ('train' or 'val'), checked."""
+    """Files and labels of `split` ('train', 'val': the evaluation split, held out of train/ with
+    data.val_split, else val/; 'test': always val/), checked."""
     root = Path(cfg.source).expanduser()
     classes = classes_of(root, cfg)
-    held_out = cfg.val_split > 0
+    held_out = cfg.val_split > 0 and split != "test"
     split_dir = root / ("train" if held_out or split == "train" else "val")
     files, labels = [], []
     for label, name in enumerate(classes):

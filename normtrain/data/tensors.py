@@ -14,7 +14,8 @@ batch. Normalization (``data.normalize``):
   minus-one-one       x / 127.5 - 1
   none                x / 255
 With ``data.val_split = N > 0`` the split 'val' is N training images held out
-(stratified, fixed seed 0) and 'train' the rest; the test set is then unused.
+(stratified, fixed seed 0) and 'train' the rest; 'test' is always the test set (the
+final evaluation's test/* metrics, `normtrain eval --split test`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from . import autoaug
 from .augment import TensorAugment
 from .base import DataContext, TensorLoader, require_batches
 from .imagefolder import stratified_holdout
@@ -87,7 +89,8 @@ def make_augment(cfg, shape, mean, std, name: str) -> TensorAugment:
     out = size if aug == "crop-flip" else h
     if cfg.cutout > out:
         raise UsageError(f"data.cutout {cfg.cutout} is larger than the {out}-pixel images of {name}")
-    return TensorAugment(aug, mean, std, size=size, pad_mode=getattr(cfg, "pad_mode", "reflect"), cutout=cfg.cutout)
+    return TensorAugment(aug, mean, std, size=size, pad_mode=getattr(cfg, "pad_mode", "reflect"), cutout=cfg.cutout,
+                         policy=autoaug.policy(cfg), eraser=autoaug.eraser(cfg))
 
 
 def build_loader(cfg, split: str, ctx: DataContext, name: str, arrays, num_classes: int) -> TensorLoader:
@@ -95,12 +98,13 @@ def build_loader(cfg, split: str, ctx: DataContext, name: str, arrays, num_class
     (xtr, ytr), (xte, yte) = arrays
     if cfg.num_classes and cfg.num_classes != num_classes:
         raise UsageError(f"data.num_classes is {cfg.num_classes} but {name} has {num_classes} classes")
+    test = (xte, yte)
     if cfg.val_split:
         tr, va = stratified_holdout(ytr, cfg.val_split)
         (xtr, ytr), (xte, yte) = (xtr[tr], ytr[tr]), (xtr[va], ytr[va])
     mean, std = normalization(cfg, xtr, name)
     aug = make_augment(cfg, xtr.shape[1:], mean, std, name)
-    x, y = (xtr, ytr) if split == "train" else (xte, yte)
+    x, y = {"train": (xtr, ytr), "val": (xte, yte), "test": test}[split]
     loader = TensorLoader(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), num_classes, ctx, augment=aug)
     require_batches(len(loader), loader.num_samples, ctx, name)
     return loader

@@ -35,6 +35,10 @@ NETWORKS = Registry("model", {
     "resnet20": "resnet:build_resnet20",
     "resnet56": "resnet:build_resnet56",
     "wrn28-10": "resnet:build_wrn28_10",
+    "vit-s16": "vit:build_vit_s16",
+    "vit-b16": "vit:build_vit_b16",
+    "vit-tiny-digits": "vit:build_vit_tiny_digits",
+    "convnext-tiny": "convnext:build_convnext_tiny",
 }, __name__, group="normtrain.networks")
 
 #: Weight initialisation schemes (`model.init`), implemented in init.py.

@@ -383,6 +383,7 @@ def build_resnet8(norm, num_classes, in_shape, dropout=0.0):
 
 
 def build_resnet20(norm, num_classes, in_shape, dropout=0.0):
+    """ResNet-20 for CIFAR: 3 stages of 3 basic blocks, 16/32/64 channels, projection shortcuts (option B); 0.27M parameters."""
     return CifarResNet(norm, 20, num_classes, in_shape, dropout=dropout)
 
 

@@ -31,7 +31,7 @@ METHODS = Registry("norm", {
     "normprop": "normprop:build",
     "trelu-wn": "trelu_wn:build",
     "gn": "gn:build_gn",
-    "ln": "gn:build_ln",
+    "ln": "ln:build",
     "in": "gn:build_in",
     "ws": "ws:build",
     "ws-gn": "ws:build_gn",
@@ -46,6 +46,8 @@ METHODS = Registry("norm", {
     "frn": "frn:build",
     "evonorm-b0": "evonorm:build_b0",
     "evonorm-s0": "evonorm:build_s0",
+    "rmsn": "rmsn:build",
+    "dyt": "dyt:build",
 }, __name__, group="normtrain.norms")
 
 # The bundle and the method modules import torch: loaded when first asked for.

@@ -17,6 +17,7 @@ from .bundle import Normalizer
 class BatchNorm(Normalizer):
     name = "bn"
     default_bias = False  # the norm's beta replaces the conv bias
+    tokens = "the tokens as positions: each feature over the (N, L) tokens of the per-process batch"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
@@ -25,6 +26,7 @@ class BatchNorm(Normalizer):
 
 class SyncBatchNorm(BatchNorm):
     name = "syncbn"
+    tokens = "the tokens as positions: each feature over the (N, L) tokens of the global batch"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         # SyncBatchNorm accepts (N, C) and (N, C, H, W); with one process it is plain BN.

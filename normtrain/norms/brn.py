@@ -183,6 +183,7 @@ class BatchRenorm(nn.Module):
 class BatchRenormalization(Normalizer):
     name = "brn"
     default_bias = False  # beta replaces the conv bias, as for bn
+    tokens = "the tokens as positions: Batch Renormalization of each feature over the (N, L) tokens of the batch"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         o = self.options

@@ -41,6 +41,30 @@ Contract for networks (what each call means):
   except for trelu-wn, whose scale and bias of the last layer live here.
 - ``nf_alpha``, ``nf_skip_gain``: the NF-ResNet block constants (alpha, initial skip gain).
 
+Transformers (models/vit.py, models/convnext.py) call two more, and take their
+linear layers (``bias=True``: the architecture's choice), convolutions and
+residual joins from the same calls; their non-linearity is the architecture's
+GELU (the methods that change the activation have no form there and are refused):
+
+- ``token_norm(num_features)``: the norm of tokens with the features last,
+  input (N, ..., C): a ViT's (N, L, C), the channels-last (N, H, W, C) inside a
+  ConvNeXt block (where torchvision has ``nn.LayerNorm``).
+- ``channel_norm(num_features)``: the norm of an (N, C, H, W) map in ConvNeXt's
+  stem, downsampling layers and head (where torchvision has ``LayerNorm2d``).
+
+Both are defined once here for every method: the method's conv norm
+(``norm(C, dims=2)``) with the tokens as the positions of a map, i.e. a
+(N, L, C) input is normalized as the (N, C, L, 1) map it is a view of (`layout.AsMap`;
+no copy: that view is channels_last). So ``bn`` takes its statistics over the
+(N, L) tokens of each feature, ``ghost`` over chunks of samples, ``gn`` over groups of
+features and all the tokens of a sample, the weight methods (identity norm)
+reparametrise every linear layer and normalize no activation. Methods that normalize
+each token by itself (``ln``, ``rmsn``) or element-wise (``dyt``) override them.
+Each method says what it means there in one line, ``tokens``; a method with no
+meaning for tokens keeps ``tokens = None`` and gives its reason in ``no_tokens``: both
+calls then raise a UsageError (one line, exit 2, raised while the network is built, so
+before anything is written), as networks without residual blocks refuse residual options.
+
 And one fact for the engine (never for networks): ``channels_last_ok``, whether
 the method's kernels run as fast in channels_last as in NCHW on CUDA. PyTorch's
 CUDA group_norm has an NCHW kernel only (a channels_last input is converted), so
@@ -54,8 +78,10 @@ import inspect
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from . import residual
 from .joins import Add
+from .layout import AsMap
 
 #: Attribute set on the module a bundle builds with ``last=True`` (the network's output layer).
 OUTPUT_LAYER = "is_output_layer"
@@ -87,6 +113,11 @@ class Normalizer:
     default_bias = True
     #: channels_last is the fast layout for this method's kernels on CUDA (see the module docstring).
     channels_last_ok = True
+    #: What the method does in a transformer (its token and channel norms), in one line; None: it has no
+    #: meaning there and transformers refuse it, with `no_tokens` as the reason.
+    tokens: str | None = None
+    #: Why a method with ``tokens = None`` has no form for tokens (the refusal's reason).
+    no_tokens: str = "no form for a transformer's tokens is defined"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -124,6 +155,26 @@ class Normalizer:
 
     def norm_act(self, num_features: int, dims: int = 2) -> tuple[nn.Module, nn.Module]:
         return self.norm(num_features, dims), self.act(num_features)
+
+    # -- transformers -----------------------------------------------------------
+    def require_tokens(self) -> None:
+        """UsageError (one line) unless the method has a meaning for a transformer's tokens."""
+        if self.tokens is None:
+            from . import METHODS  # not at the top: the registry's modules import this one
+            usable = [n for n, build in METHODS.items() if build(None).tokens is not None]
+            raise UsageError(f"norm '{self.name}' has no meaning in a transformer (vit-*, convnext-tiny): "
+                             f"{self.no_tokens}; methods that have one: {', '.join(usable)}")
+
+    def token_norm(self, num_features: int) -> nn.Module:
+        """Norm of (N, ..., C) tokens, features last: the method's conv norm with the tokens as map positions."""
+        self.require_tokens()
+        norm = self.norm(num_features, dims=2)
+        return norm if isinstance(norm, nn.Identity) else AsMap(norm)
+
+    def channel_norm(self, num_features: int) -> nn.Module:
+        """Norm of an (N, C, H, W) map where ConvNeXt has LayerNorm2d: the method's conv norm."""
+        self.require_tokens()
+        return self.norm(num_features, dims=2)
 
     # -- block-level hooks ----------------------------------------------------
     def residual(self, num_features: int | None = None) -> nn.Module:

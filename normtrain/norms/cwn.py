@@ -60,6 +60,7 @@ class CWNLinear(_CenteredWeightNorm, ReparamLinear):
 class CenteredWeightNorm(Normalizer):
     name = "cwn"
     default_bias = True
+    tokens = "centred WN on every linear layer and the patch embedding; no activation norm"
 
     def conv(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, bias=None, last=False):
         return CWNConv2d(in_ch, out_ch, kernel_size, stride, padding, groups, self._bias(bias), eps=self.options.eps)

@@ -316,6 +316,8 @@ class EvoNormS0(_EvoNorm):
 class EvoNormB0Bundle(Normalizer):
     name = "evonorm-b0"
     default_bias = False
+    no_tokens = ("EvoNorm layers are normalization-activation layers replacing BN + ReLU; a transformer's norms "
+                 "are not followed by an activation, so each would be its affine part alone")
 
     def _layer(self, num_features: int, nonlinear: bool) -> nn.Module:
         o = self.options

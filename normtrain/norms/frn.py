@@ -146,6 +146,8 @@ class FilterResponseNorm(nn.Module):
 class FilterResponseNormTLU(Normalizer):
     name = "frn"
     default_bias = False  # FRN's beta replaces the conv bias
+    no_tokens = ("FRN is one half of FRN + TLU, the pair that replaces BN + ReLU (without TLU's learned "
+                 "threshold nothing centres it); a transformer's norms are not followed by an activation")
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         return FilterResponseNorm(num_features, eps=self.options.eps, learn_eps=self.options.frn_learn_eps)

@@ -271,6 +271,7 @@ class GhostBatchNorm(_NormBase):
 class GhostNorm(Normalizer):
     name = "ghost"
     default_bias = False
+    tokens = "the tokens as positions: BatchNorm on norm.ghost_groups chunks of the samples, over their tokens"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         o = self.options

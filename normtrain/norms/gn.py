@@ -5,9 +5,9 @@ described in Dimitriou & Arandjelović 2020 §2.1 and the WS paper (Qiao et al.
     GroupNorm: the C dimension is divided into G_C groups, (M, G_C, C/G_C, F);
     statistics over M x G_C slices of (C/G_C, F) values, biased variance.
 
-``gn`` = ``nn.GroupNorm(norm.groups, C)`` (default 32 groups), ``ln`` =
-GroupNorm with 1 group (LayerNorm over (C, H, W)), ``in`` = GroupNorm with C
-groups (InstanceNorm), all with a per-channel affine. The conv bias is off by
+``gn`` = ``nn.GroupNorm(norm.groups, C)`` (default 32 groups), ``in`` = GroupNorm
+with C groups (InstanceNorm), both with a per-channel affine; ``ln`` (ln.py) is
+GroupNorm with 1 group on conv maps. The conv bias is off by
 default (the norm's shift replaces it). ``norm(C, dims=1)`` takes (N, C) input
 too. C must be divisible by the number of groups (a clear NormShapeError, a
 ValueError, otherwise).
@@ -87,6 +87,8 @@ class GroupNorm(Normalizer):
     name = "gn"
     default_bias = False
     channels_last_ok = False  # CUDA group_norm is NCHW-only
+    tokens = ("the tokens as positions: statistics over groups of norm.groups features and all the tokens "
+              "of a sample")
 
     def groups_for(self, num_features: int) -> int:
         return self.options.groups
@@ -95,15 +97,9 @@ class GroupNorm(Normalizer):
         return group_norm(num_features, self.groups_for(num_features), self.options.eps)
 
 
-class LayerNorm(GroupNorm):
-    name = "ln"
-
-    def groups_for(self, num_features: int) -> int:
-        return 1
-
-
 class InstanceNorm(GroupNorm):
     name = "in"
+    tokens = "the tokens as positions: each feature over the tokens of a sample"
 
     def groups_for(self, num_features: int) -> int:
         return num_features
@@ -112,11 +108,6 @@ class InstanceNorm(GroupNorm):
 def build_gn(options):
     """GroupNorm: statistics over groups of norm.groups channels (default 32) per sample."""
     return GroupNorm(options)
-
-
-def build_ln(options):
-    """LayerNorm as GroupNorm with 1 group: statistics over all (C, H, W) of each sample."""
-    return LayerNorm(options)
 
 
 def build_in(options):

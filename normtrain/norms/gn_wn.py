@@ -22,6 +22,7 @@ class GroupNormWeightNorm(WeightNorm):
     name = "gn-wn"
     default_bias = False  # GroupNorm's shift replaces the conv bias
     channels_last_ok = False  # CUDA group_norm is NCHW-only (as gn)
+    tokens = "WN linear layers and gn's token norm (groups of features over all the tokens of a sample)"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         return group_norm(num_features, self.options.groups, self.options.eps)

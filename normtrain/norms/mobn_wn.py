@@ -87,6 +87,7 @@ class MeanOnlyBNWeightNorm(WeightNorm):
 
     name = "mobn-wn"
     default_bias = False  # the mean-only BN's b
+    tokens = "WN linear layers and mean-only BN of each feature over the (N, L) tokens of the batch"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         return MeanOnlyBatchNorm(num_features, momentum=self.options.momentum)

@@ -165,6 +165,8 @@ def block_betas(blocks_per_stage: Sequence[int], alpha: float, initial: float = 
 class NormalizerFree(Normalizer):
     name = "nf"
     default_bias = True
+    no_tokens = ("NF-ResNets are a ReLU residual-block design (scaled WS with ReLU's gamma, x + alpha f(x / beta) "
+                 "with the expected variance of ReLU stages); nothing of it is defined for attention and GELU")
 
     def conv(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, bias=None, last=False):
         if last:

@@ -9,6 +9,7 @@ from .bundle import Normalizer
 class NoNorm(Normalizer):
     name = "none"
     default_bias = True
+    tokens = "no normalization: nothing on the tokens, plain layers (the norm-free baseline)"
 
 
 def build(options):

@@ -70,6 +70,8 @@ class NormPropReLU(nn.Module):
 class NormProp(Normalizer):
     name = "normprop"
     default_bias = True  # beta_j
+    no_tokens = ("its shifted, scaled ReLU and its constants c0, c1 are those of a rectified unit normal, "
+                 "derived for ReLU networks; a transformer's non-linearity is GELU")
 
     def _gamma(self, last: bool) -> float:
         return 1.0 if last else self.options.gamma_init

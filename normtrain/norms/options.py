@@ -11,7 +11,8 @@ so a recipe can switch ``--norm`` without editing its knobs.
 A method's ``Options`` is read from the source without importing the method
 (`normtrain.static.light` with ``upto="Options"``), so ``normtrain list keys``
 and the strict checks of recipe keys stay free of torch. Keep it light: place it
-after the imports, use only builtin types and the standard library in it, give
+after the imports, use only builtin types and the standard library in it (an
+``Options`` that needs more makes the registry import the method, torch and all), give
 every field a default and a docstring under it, and raise ValueError from its
 ``check()`` naming the first out-of-range field. Each key is declared once: a
 method that reads another's knob (seqnorm reads ghost's ``ghost_groups``) does

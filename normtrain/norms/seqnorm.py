@@ -108,6 +108,7 @@ class SeqNorm(nn.Module):
 class SequentialNorm(Normalizer):
     name = "seqnorm"
     default_bias = False
+    tokens = "gn's token norm (no affine), then ghost's"
     channels_last_ok = False  # its GroupNorm step: CUDA group_norm is NCHW-only
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:

@@ -168,6 +168,7 @@ class WeightedAddition(nn.Module):
 class TReLUWeightNorm(Normalizer):
     name = "trelu-wn"
     default_bias = False
+    no_tokens = "its TReLU is the network's activation in place of ReLU; a transformer's non-linearity is GELU"
 
     def conv(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, bias=None, last=False):
         # Every layer, the output layer included, is W/(||W|| + eps): gamma and beta come after it (`output`).

@@ -180,6 +180,7 @@ class WNLinear(_WeightNorm, ReparamLinear):
 class WeightNorm(Normalizer):
     name = "wn"
     default_bias = True  # beta_j of the paper's equation
+    tokens = "WN on every linear layer and the patch embedding; no activation norm"
 
     def conv(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, bias=None, last=False):
         return WNConv2d(in_ch, out_ch, kernel_size, stride, padding, groups, self._bias(bias),

@@ -120,6 +120,7 @@ class WeightStandardization(Normalizer):
 
     name = "ws"
     default_bias = True
+    tokens = "WS on every linear layer and the patch embedding (the classifier plain); no activation norm"
 
     def _ws(self) -> dict:
         o = self.options
@@ -141,6 +142,7 @@ class WSGroupNorm(WeightStandardization):
 
     name = "ws-gn"
     default_bias = False
+    tokens = "WS linear layers and gn's token norm (groups of features over all the tokens of a sample)"
     channels_last_ok = False  # CUDA group_norm is NCHW-only
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
@@ -152,6 +154,7 @@ class WSBatchNorm(WeightStandardization):
 
     name = "ws-bn"
     default_bias = False
+    tokens = "WS linear layers and bn's token norm (each feature over the (N, L) tokens of the batch)"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:
         cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d

@@ -46,6 +46,7 @@ SCENARIOS = Registry("scenario", {
     "wn-small-net": "wn_small_net",
     "trelu-wn-instability": "trelu_wn_instability",
     "residual-scalings": "residual_scalings",
+    "dyt-tanh-shape": "dyt_tanh_shape",
 }, __name__)
 
 
@@ -69,7 +70,7 @@ def light(name: str):
     return module
 
 
-def params_help(module) -> str:
+def params_help(module, name: str = "NAME") -> str:
     """The parameter table of a scenario: key, type, default, doc."""
     cls = module.Params
     docs = config.dataclass_docs(cls)
@@ -82,7 +83,39 @@ def params_help(module) -> str:
         rows.append((f.name, tname, repr(getattr(obj, f.name)), docs.get(f.name, "")))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(["parameters (--set key=value):"] + [
-        f"  {k:{widths[0]}s}  {t:{widths[1]}s}  {d:{widths[2]}s}  {doc}" for k, t, d, doc in rows])
+        f"  {k:{widths[0]}s}  {t:{widths[1]}s}  {d:{widths[2]}s}  {doc}" for k, t, d, doc in rows]
+        + ["", "example (a list takes a comma list, key=v1,v2, or a YAML list):", f"  {example(module, name)}"])
+
+
+def example(module, name: str) -> str:
+    """A command line for the scenario with a list parameter given as a comma list and a number, from
+    the defaults: e.g. ``normtrain scenario linear50-wn --set lrs=0.001,0.01 --set steps=100``."""
+    cls = module.Params
+    obj = cls()
+    hints = config._hints(cls)
+    sets = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if (typing.get_origin(hints[f.name]) or hints[f.name]) is list and value and not sets:
+            for part in (value[:2], value):  # two values where the scenario accepts them, else its defaults
+                text = ",".join(config_text(v) for v in part)
+                try:
+                    config.apply_overrides(cls(), [(f.name, text)])
+                except Exception:  # noqa: BLE001 - rejected (or a check that needs torch): try the next
+                    continue
+                sets.append(f"--set {f.name}={text}")
+                break
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if hints[f.name] is int and not isinstance(value, bool) and f.name not in ("seed", "threads"):
+            sets.append(f"--set {f.name}={value}")
+            break
+    return " ".join([f"normtrain scenario {name}", *sets, f"--out runs/scenario-{name}"])
+
+
+def config_text(v) -> str:
+    """One list element as --set text (numbers as Python prints them, strings as they are)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def parser(name: str | None = None) -> argparse.ArgumentParser:
@@ -94,7 +127,7 @@ def parser(name: str | None = None) -> argparse.ArgumentParser:
     else:
         module = light(name)
         desc = (module.__doc__ or "").strip()
-        epilog = params_help(module)
+        epilog = params_help(module, name)
     p = _Parser(prog=f"normtrain scenario {name or 'NAME'}", description=desc, epilog=epilog,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset path or built-in name (default: the scenario's built-in data)")

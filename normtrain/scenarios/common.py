@@ -531,9 +531,12 @@ def buffers_restore(model: torch.nn.Module, snap: dict) -> None:
 
 
 def is_norm_layer(m: torch.nn.Module) -> bool:
-    """Activation-normalization modules: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm."""
+    """Activation-normalization modules: BN-family (incl. GhostNorm), GroupNorm/LN/IN, LayerNorm, RMSNorm, DyT."""
     from torch.nn.modules.batchnorm import _NormBase
-    return isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm))
+
+    from ..norms.layout import is_token_family_norm
+    return (isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm))
+            or is_token_family_norm(m))
 
 
 def has_weight_reparam(m: torch.nn.Module) -> bool:

@@ -78,7 +78,8 @@ def recipes(ctx, p: Params) -> dict:
     for m in p.methods:
         overrides = [("norm.name", m), ("run.out", str(ctx.out / "runs" / m)), ("run.seed", p.seed),
                      ("run.device", p.device), ("run.resume", "auto"), ("log.track_norms", True),
-                     ("log.every_steps", p.log_every), ("log.progress", p.progress)]
+                     ("log.every_steps", p.log_every), ("log.progress", p.progress),
+                     ("data.val_split", 0)]  # train on the whole training split, as the paper (recipe_set may differ)
         if ctx.data:
             overrides.append(("data.source", ctx.data))
         if p.model:
