@@ -267,15 +267,35 @@ def to_layout(module: torch.nn.Module, channels_last: bool) -> None:
             t.data = t.data.contiguous(memory_format=torch.channels_last)
 
 
+def _fake_network(build, mode) -> torch.nn.Module:
+    """`build()` on fake CUDA tensors; a network whose initialisation reads tensor values (a ViT's)
+    cannot be built there, so it is built for real on the CPU and its tensors are made fake."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, unset_fake_temporarily
+    try:
+        with torch.device("cuda"):
+            return build()
+    except DataDependentOutputException:
+        pass
+    with unset_fake_temporarily():
+        net = build()
+        slots = [(m._parameters, name, p) for m in net.modules() for name, p in m._parameters.items() if p is not None]
+        slots += [(m._buffers, name, b) for m in net.modules() for name, b in m._buffers.items() if b is not None]
+        fakes = [(where, name, mode.from_tensor(t.detach()), t) for where, name, t in slots]
+    for where, name, fake, real in fakes:
+        fake = fake.to("cuda")
+        where[name] = torch.nn.Parameter(fake, requires_grad=real.requires_grad) \
+            if isinstance(real, torch.nn.Parameter) else fake
+    return net
+
+
 def trace_step(build, in_shape, micro: int, classes: int, amp: str, channels_last: bool,
                backward: bool = True) -> Counts:
     """Build a network with `build()` on fake CUDA and trace one training step's forward (and backward)
     on a fake batch of `micro` inputs of `in_shape`, as the engine runs it: train mode, the input in the
     network's layout, autocast at `amp`, cross-entropy on the fp32 logits."""
     import torch.nn.functional as F
-    with fake_cuda():
-        with torch.device("cuda"):
-            net = build()
+    with fake_cuda() as mode:
+        net = _fake_network(build, mode)
         net.train()
         to_layout(net, channels_last)
         x = torch.empty((micro,) + tuple(in_shape), device="cuda")

@@ -84,6 +84,19 @@ def test_cuda_group_norm_on_channels_last_converts_and_autocast_fp32_is_seen():
     assert not any(s.activation and s.dtype == torch.float32 and len(s.shape) == 4 for s in amp.saved.values())
 
 
+def test_a_network_whose_init_reads_values_is_built_on_the_cpu_and_traced():
+    """A ViT's initialisation reads tensor values, which fake tensors cannot give: it is built for real on
+    the CPU and its parameters and buffers made fake CUDA tensors (fakecuda._fake_network)."""
+    def build():
+        net = _conv_bn()()
+        with torch.no_grad():
+            net[0].weight.div_(float(net[0].weight.abs().max()))  # a value read: DataDependentOutputException
+        return net
+    c = _trace(build)
+    assert c.ops["forward"] == _trace(_conv_bn()).ops["forward"]
+    assert any(s.shape == (8, 3, 3, 3) and s.dtype == torch.bfloat16 for s in c.saved.values())
+
+
 def test_batch_norm_backend_follows_torch_choice():
     """bf16 runs ATen's native batch norm, fp16 cuDNN's (torch._C._select_batch_norm_backend)."""
     bf16, fp16 = _trace(_conv_bn(), amp="bf16"), _trace(_conv_bn(), amp="fp16")
