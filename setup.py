@@ -31,7 +31,7 @@ setup(
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
         "timm": ["timm>=1.0"],
-        "test": ["pytest>=8", "pytest-timeout", "nvidia-dali-cuda130", "timm>=1.0"],
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6.100", "nvidia-dali-cuda130", "timm>=1.0"],
     },
     entry_points={"console_scripts": ["normtrain=normtrain.__main__:run"]},
 )

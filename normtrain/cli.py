@@ -10,7 +10,8 @@
 
 Exit codes: 0 completed, 2 bad input (nothing written), 3 diverged (recorded in
 results.json), 4 interrupted by SIGTERM/SIGINT (checkpoint saved; rerun the same
-command to resume).
+command to resume), 5 environment (disk full, unwritable folder, unreadable data
+mid-run), 6 a worker died or stopped answering (README "What normtrain guarantees").
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from . import batching, config
+from . import batching, config, preflight
 from .preflight import validate
 from .errors import (EXIT_DIVERGED, EXIT_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER, EnvError,
                      UsageError, WorkerError)
@@ -40,9 +42,9 @@ examples:
   normtrain eval runs/cifar10-nv-bn --split test
 
 exit codes: 0 completed (or already complete), 2 bad input (nothing written), 3 diverged (see results.json),
-            4 interrupted by SIGTERM/SIGINT (last checkpoint saved; rerun to resume),
-            5 environment: disk full, unwritable folder, unreadable data met mid-run (checkpoints kept),
-            6 a worker died or stopped answering (checkpoints kept; rerun to resume)
+            4 interrupted by SIGTERM/SIGINT, also while starting (last checkpoint saved; rerun to resume),
+            5 environment: disk full, unwritable folder or results.json, unreadable data met mid-run
+              (checkpoints kept), 6 a worker died or stopped answering (checkpoints kept; rerun to resume)
 """
 
 
@@ -96,23 +98,28 @@ def recipe_from_args(args, extra: list[tuple[str, object]] = ()) -> config.Recip
         if value is not None:
             overrides.append((key, value))
     overrides += list(extra)
-    return config.load(args.recipe or DEFAULT_RECIPE, overrides)
+    return config.load(DEFAULT_RECIPE if args.recipe is None else args.recipe, overrides)
 
 
 def cmd_train(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
+    _, max_nodes = preflight.nnodes(args.nnodes)
+    if not 0 <= args.node_rank < max_nodes:
+        raise UsageError(f"--node-rank {args.node_rank}: expected 0 <= K < {max_nodes} (the number of nodes)")
+    if args.max_restarts < 0:
+        raise UsageError(f"--max-restarts {args.max_restarts}: expected 0 or more")
     validate(recipe)
     from . import dist  # torch: only once the input is known to be good
     nproc = dist.resolve_nproc(args.nproc_per_node, recipe.run.device)
-    multi_node = args.nnodes != "1"
+    multi_node = args.nnodes.strip() != "1"
     slurm = dist.slurm_env()
     if slurm is not None and int(slurm["LOCAL_WORLD_SIZE"]) > 1 and (nproc > 1 or multi_node):
         raise UsageError(f"this is task {slurm['RANK']} of {slurm['WORLD_SIZE']} of an srun step, and each task is "
                          f"already one worker: drop --nproc-per-node/--nnodes, or start one task per node "
                          f"(srun --ntasks-per-node=1) to have normtrain start the workers")
     if (nproc > 1 or multi_node) and not dist.torchrun_env():
-        batching.for_recipe(recipe, nproc * int(args.nnodes.split(":")[-1]))  # bad split: one line, before launch
+        batching.for_recipe(recipe, nproc * max_nodes)  # bad split: one line, before launch
         from . import signals
         if signals.take():  # SIGTERM while starting: no worker was started
             return EXIT_INTERRUPTED
@@ -154,11 +161,17 @@ def _launch(argv, args, nproc, recipe) -> int:
     if folder is not None:
         folder.acquire()
         os.environ[LOCK_ENV] = str(folder.out.resolve())
+    results = Path(recipe.run.out) / "results.json"
+    started = time.time()
     try:
         dist.launch(worker_argv, nproc, args.nnodes, args.node_rank, args.rdzv_endpoint, args.max_restarts,
-                    args.rdzv_id)
+                    args.rdzv_id, join_timeout=recipe.run.collective_timeout)
     except SignalException as e:
-        # The agent forwarded SIGTERM/SIGINT to the workers, which finished their step and saved.
+        # The agent forwarded SIGTERM/SIGINT to the workers, which finished their step and saved;
+        # or it came once they had finished: then their result stands.
+        status = _status(results, started)
+        if status is not None and status != "interrupted":
+            return STATUS_EXIT.get(status, EXIT_OK)
         print(f"normtrain: interrupted by signal {e.sigval}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except rendezvous_errors as e:
@@ -180,10 +193,19 @@ def _launch(argv, args, nproc, recipe) -> int:
     finally:
         if folder is not None:
             folder.release()
-    results = Path(recipe.run.out) / "results.json"
-    if results.is_file():
-        return STATUS_EXIT.get(json.loads(results.read_text()).get("status"), 1)
-    return EXIT_OK
+    status = _status(results, 0)  # this launch's, or an already complete run's
+    return STATUS_EXIT.get(status, EXIT_WORKER) if status is not None else EXIT_OK
+
+
+def _status(results: Path, since: float) -> str | None:
+    """The status in results.json if it was written at or after `since` (seconds since the epoch)."""
+    try:
+        if results.stat().st_mtime + 1 < since:
+            return None
+        status = json.loads(results.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 LISTS = ("recipes", "norms", "models", "scenarios", "data")

@@ -30,7 +30,57 @@ from . import norms
 from .norms.options import SharedOptions
 
 #: libyaml's safe loader where PyYAML has it (the same YAML, several times faster than the pure-Python one).
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LOADER(_BASE_LOADER):
+    """The safe loader, refusing a mapping that gives one key twice (YAML itself keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = key_node.value
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}'", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+#: Expanded size (values, counting each alias's target again) above which YAML is refused: aliases can make a
+#: few bytes stand for billions of values ("billion laughs").
+MAX_YAML_VALUES = 100_000
+
+
+def _yaml(text: str, source: str):
+    """Parse YAML text strictly: safe types only, no duplicate keys, no recursive or exploding aliases."""
+    try:
+        data = yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError as e:
+        text = " ".join(str(e).replace('in "<unicode string>", ', "at ").split())
+        raise UsageError(f"{source}: not valid YAML ({text[:300]})") from None
+    count = 0
+
+    def walk(v, stack):
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise UsageError(f"{source}: more than {MAX_YAML_VALUES} values once its aliases are expanded")
+        if isinstance(v, (list, dict)):
+            if id(v) in stack:
+                raise UsageError(f"{source}: a YAML alias refers to a value that contains it (a recursive "
+                                 "structure); write the value out instead")
+            stack.add(id(v))
+            for item in (v.items() if isinstance(v, dict) else v):
+                if isinstance(v, dict):
+                    walk(item[0], stack)
+                    item = item[1]
+                walk(item, stack)
+            stack.discard(id(v))
+
+    walk(data, set())
+    return data
 
 _PKG = Path(__file__).resolve().parent
 # Installed: recipes/ is packaged as normtrain/recipes (setup.py); in a source tree it sits beside the package.
@@ -541,15 +591,22 @@ def check(recipe: Recipe, source: str) -> None:
 
 # -- loading --------------------------------------------------------------------
 
+#: A recipe file larger than this is not a recipe (the largest shipped one is a few KB).
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 def find_recipe(name_or_path: str) -> Path:
+    if not name_or_path.strip():
+        raise UsageError("--recipe: empty; give a recipe name (normtrain list recipes) or a .yaml path")
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if not p.is_file():
-            raise UsageError(f"recipe file not found: {name_or_path}")
+        if not p.is_file():  # a folder, a FIFO or a device is not a recipe either
+            raise UsageError(f"recipe file not found: {name_or_path}"
+                             + (" (not a regular file)" if p.exists() else ""))
         return p
     p = RECIPES_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
@@ -565,11 +622,13 @@ def parse_set(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise UsageError(f"--set '{item}': empty key")
+    if not raw.strip():
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        yaml.safe_load(raw)
     except yaml.YAMLError:
         raise UsageError(f"--set '{item}': cannot parse value {raw!r}") from None
-    return key, value
+    return key, _yaml(raw, f"--set '{item}'")
 
 
 def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Recipe:
@@ -581,13 +640,20 @@ def load(name_or_path: str | None, overrides: list[tuple[str, Any]] = ()) -> Rec
     recipe = Recipe()
     source = "defaults"
     stem = "default"
-    if name_or_path:
+    if name_or_path is not None:
         path = find_recipe(name_or_path)
         source, stem = str(path), path.stem
         try:
-            data = yaml.load(path.read_text(), Loader=_LOADER) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UsageError(f"{source}: cannot read the recipe ({e.strerror or e})") from None
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise UsageError(f"{source}: {len(raw)} bytes is not a recipe (at most {MAX_RECIPE_BYTES})")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{source}: not UTF-8 text (byte {e.start}); a recipe is a UTF-8 YAML file") from None
+        data = _yaml(text, source) or {}
         if not isinstance(data, dict):
             raise UsageError(f"{source}: a recipe must be a mapping of sections")
         for key, value in _flatten(data, source):

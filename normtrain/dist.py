@@ -169,8 +169,10 @@ def setup(device_pref: str = "auto", timeout_s: float = 1800.0) -> Dist:
         # A restarted elastic attempt reuses the agent's store: prefix keys by attempt so
         # the new attempt never reads the previous one's (stale) rendezvous entries.
         use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        # Every start-up wait is bounded by run.collective_timeout: a worker whose store host is
+        # gone (its launcher was killed) stops with an error instead of waiting for ever.
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                              is_master=(rank == 0 and not use_agent_store), timeout=timedelta(minutes=10),
+                              is_master=(rank == 0 and not use_agent_store), timeout=timedelta(seconds=timeout_s),
                               wait_for_workers=False)
         store = dist.PrefixStore(f"normtrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         # The heartbeat (Supervisor) names a stopped or dead rank after timeout_s; the collectives'
@@ -305,6 +307,8 @@ def gather_objects(obj, d: Dist) -> list:
 def resolve_nproc(value: str, device_pref: str) -> int:
     """`--nproc-per-node N|auto` -> N, checked against the visible GPUs."""
     gpus = visible_gpus()
+    if device_pref == "cuda" and not gpus:
+        raise UsageError("run.device=cuda but no GPU is visible (use run.device=cpu or auto)")
     on_gpu = device_pref == "cuda" or (device_pref == "auto" and gpus > 0)
     if value == "auto":
         return max(gpus, 1) if on_gpu else 1
@@ -321,32 +325,44 @@ def resolve_nproc(value: str, device_pref: str) -> int:
 
 
 def launch(argv: list[str], nproc: int, nnodes: str = "1", node_rank: int = 0, rdzv_endpoint: str = "",
-           max_restarts: int = 0, run_id: str = "") -> None:
+           max_restarts: int = 0, run_id: str = "", join_timeout: float = 600.0) -> None:
     """Run `python -m normtrain <argv>` as `nproc` workers per node through the elastic launcher.
 
-    Raises torch's ChildFailedError if a worker fails after `max_restarts` restarts.
+    `nnodes` is "N" or "MIN:MAX" (checked by `preflight.nnodes`); `join_timeout` bounds the wait
+    for the other nodes at the rendezvous (run.collective_timeout). The workers die with this
+    process (signals.die_with_parent). Raises torch's ChildFailedError if a worker fails after
+    `max_restarts` restarts.
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if ":" in nnodes:
-        min_nodes, max_nodes = (int(v) for v in nnodes.split(":"))
-    else:
-        min_nodes = max_nodes = int(nnodes)
+    from .signals import LAUNCHER_PID_ENV
+    from .preflight import nnodes as parse_nnodes
+
+    min_nodes, max_nodes = parse_nnodes(nnodes)
     standalone = max_nodes == 1 and not rdzv_endpoint
     config = LaunchConfig(
         min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc,
         run_id=run_id or (uuid.uuid4().hex if standalone else "normtrain"),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0" if standalone else rdzv_endpoint,
-        rdzv_configs={"rank": node_rank} if not standalone else {},
+        rdzv_configs={"rank": node_rank, "join_timeout": int(join_timeout)} if not standalone else {},
         max_restarts=max_restarts, monitor_interval=0.5,
     )
     os.environ[LAUNCHED_ENV] = "1"
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     # Each worker's share of the CPUs this launcher may use (affinity, cgroup quota; normtrain/threads.py).
     os.environ.setdefault("OMP_NUM_THREADS", str(threads.per_process(nproc)))
     # The agent's own log lines ("failed (exitcode: 2) local_rank: 0 ...", "Sending process ... SIGTERM")
     # repeat what the workers and the launcher already say in one line each.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    elastic_launch(config, entrypoint=sys.executable)("-m", "normtrain", *argv)
+    # The agent installs handlers that raise torch's SignalException and never removes them:
+    # after the workers are done a late signal must not raise from wherever this process is.
+    kept = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "normtrain", *argv)
+    finally:
+        for s, handler in kept.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
@@ -371,8 +387,15 @@ class Supervisor:
       EXIT_WORKER, so the launcher tears the job down instead of waiting in a
       collective. The main thread's long waits (first DALI batch, checkpoint
       save) do not stop the heartbeat, which runs in its own thread.
-    - A worker whose parent (the launcher or torchrun agent) is gone sends itself
-      SIGTERM: it finishes its step, saves and exits like an interrupted run.
+    - After naming a rank the watcher ends the run at once instead of leaving it to the
+      launcher's grace period (torch elastic waits 30 s for workers that ignore SIGTERM):
+      it kills the named rank if it is a local sibling (a stopped process cannot save
+      anyway) and sets ``failed`` in the store, on which every other rank exits too.
+    - A worker whose parent is gone: under normtrain's launcher, which held the run
+      folder's lock, it stops without writing (the folder may be another run's now;
+      on Linux the kernel already killed it, `signals.die_with_parent`). Under torchrun
+      (rank 0 holds the lock itself) it sends itself SIGTERM: it finishes its step,
+      saves and exits like an interrupted run.
 
     The heartbeat store is a separate client connection with a short timeout; if
     the store itself stops answering (its host is stopped) that is reported too.
@@ -382,11 +405,16 @@ class Supervisor:
         self.d, self.timeout = d, float(timeout)
         self.interval = interval or max(0.5, min(5.0, self.timeout / 6))
         self.ppid = os.getppid()
+        self.owns_nothing = False  # under normtrain's launcher, which holds the run folder's lock
         self._stop = threading.Event()
         self._thread = None
         self.store = None
 
     def start(self) -> "Supervisor":
+        from .signals import die_with_parent, launcher_pid
+        self.owns_nothing = launcher_pid() is not None
+        if not self.owns_nothing and "TORCHELASTIC_RUN_ID" in os.environ:
+            die_with_parent(self.ppid, signal.SIGTERM)  # torchrun's agent gone: save and stop
         if self.d.active and "MASTER_ADDR" in os.environ:
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                   timeout=timedelta(seconds=max(self.timeout, 10.0)), wait_for_workers=False)
@@ -414,6 +442,10 @@ class Supervisor:
             now = time.monotonic()
             if not parent_gone and os.getppid() != self.ppid:
                 parent_gone = True
+                if self.owns_nothing:  # the launcher held the lock: the folder may be another run's now
+                    print(f"normtrain: error: rank {self.d.rank}: the launcher (pid {self.ppid}) is gone; "
+                          "stopping without writing", file=sys.stderr, flush=True)
+                    os._exit(EXIT_WORKER)
                 print(f"normtrain: rank {self.d.rank}: the launcher (pid {self.ppid}) is gone; saving and stopping",
                       file=sys.stderr, flush=True)
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -422,6 +454,8 @@ class Supervisor:
             try:
                 beat += 1
                 self.store.set(f"hb/{self.d.rank}", str(beat))
+                if self.store.check(["failed"]):
+                    os._exit(EXIT_WORKER)  # another rank named a dead or stuck rank and said so
                 for r in self.watched():
                     value = self.store.get(f"hb/{r}") if self.store.check([f"hb/{r}"]) else b""
                     last = seen.get(r)
@@ -429,7 +463,7 @@ class Supervisor:
                         seen[r] = (value, now)
                     elif now - last[1] > self.timeout:
                         self._fail(f"rank {r} ({self._who(r)}) has not answered for {now - last[1]:.0f} s "
-                                   f"(stopped, hung or dead; run.collective_timeout = {self.timeout:g} s)")
+                                   f"(stopped, hung or dead; run.collective_timeout = {self.timeout:g} s)", r)
             except Exception as e:  # noqa: BLE001 - the store's host stopped answering
                 if self._stop.is_set() or os.getppid() != self.ppid:
                     continue  # stopping, or the launcher (the store's host) is gone: handled above
@@ -442,10 +476,30 @@ class Supervisor:
         except Exception:  # noqa: BLE001
             return "unknown pid"
 
-    def _fail(self, what: str) -> None:
+    def _fail(self, what: str, rank: int | None = None) -> None:
         print(f"normtrain: error: {what}; stopping the run. The last checkpoint is kept: rerun the same command "
               "to resume.", file=sys.stderr, flush=True)
+        if rank is not None:
+            self._end(rank)
         os._exit(EXIT_WORKER)
+
+    def _end(self, rank: int) -> None:
+        """Kill the named rank if it is a sibling process on this host, and tell every rank to stop."""
+        try:
+            m = re.fullmatch(r"pid (\d+) on (.*)", self._who(rank))
+            if m and m.group(2) == socket.gethostname():
+                pid = int(m.group(1))
+                # Only a sibling: the same launcher started it (no stale or reused pid is hit).
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+                if int(stat[1]) == os.getppid():
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            self.store.set("failed", str(rank))
+        except Exception:  # noqa: BLE001 - the store's host may be what failed
+            pass
 
 
 def collective_failure(e: BaseException) -> bool:

@@ -47,7 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import EXIT_OK, UsageError
+from . import outputs
+from .errors import EXIT_OK, EnvError, UsageError
 from .version import __version__
 
 OK, SLOW, BROKEN, SKIPPED = "ok", "slow", "broken", "skipped"
@@ -87,9 +88,7 @@ def main(argv: list[str]) -> int:
         if not (data / "train").is_dir():
             raise UsageError(f"doctor: --data {args.data}: expected an ImageNet-style folder with a train/ "
                              "subfolder (train/<class>/<image>)")
-    out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"doctor: --out {args.out} is a directory; give a file name such as doctor.json")
+    outputs.check_file(args.out, "doctor: --out")  # before the checks, not after minutes of them
     return Doctor(args).run()
 
 
@@ -129,7 +128,11 @@ class Doctor:
                   "device": str(self.device), "gpus": self.gpus, "versions": self.versions,
                   "machine": benchmark.machine(self.device), "args": vars(self.args), "items": self.items}
         self.print_table(overall, elapsed)
-        Path(self.args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        from .checkpoint import atomic_write_text
+        try:
+            atomic_write_text(Path(self.args.out), json.dumps(result, indent=2, default=str) + "\n")
+        except OSError as e:
+            raise EnvError(f"doctor: cannot write {self.args.out}: {outputs.cause(e)}") from None
         print(f"wrote {self.args.out}")
         return 1 if overall == BROKEN else EXIT_OK
 

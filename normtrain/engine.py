@@ -83,6 +83,7 @@ class Run:
     timings: dict = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0})
     step_times: list = field(default_factory=list)  # seconds per optimizer step (this process's lifetime)
     pending_init: bool = True          # a layer may still want its data-dependent init (checked once)
+    saved_last: bool = False           # this invocation wrote (or resumed from) checkpoints/last.pt
     changes: list = field(default_factory=list)  # recipe changes accepted at resume (run.resume_changed)
 
 
@@ -211,13 +212,18 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
             net = models.build(recipe.model.name, bundle, num_classes, in_shape, init="default",
                                drop_path=recipe.model.drop_path, **recipe.model.builder_options())
             net.train()
-            traced = max(micro, 2)
-            # The forward, counting every layer's output as it goes (activations scale with the batch).
-            acts = memory.activation_bytes(net, torch.empty((traced,) + tuple(in_shape)),
-                                           2 if amp in ("bf16", "fp16") else None) * micro // traced
+            # The forward on the real micro-batch (a batch-statistics method cannot train on 1 sample),
+            # counting every layer's output as it goes.
+            acts = memory.activation_bytes(net, torch.empty((micro,) + tuple(in_shape)),
+                                           2 if amp in ("bf16", "fp16") else None)
     except UsageError:
         raise
     except (RuntimeError, ValueError) as e:
+        if "more than 1 value per channel" in str(e):
+            raise UsageError(f"norm {recipe.norm.name} normalizes over the batch and cannot train on a per-process "
+                             f"micro-batch of {micro} sample (data.batch_size / processes / train.accum_steps): "
+                             "use a larger batch, fewer accumulation steps, or a batch-independent method "
+                             "(gn, ws-gn, ln, frn, ...)") from None
         if "meta" in str(e).lower():  # an op without a meta kernel: nothing learned, the real run decides
             return
         raise UsageError(f"model {recipe.model.name} with norm {recipe.norm.name} cannot run on "
@@ -291,6 +297,7 @@ def save_checkpoint(run: Run, name: str = "last") -> None:
         dist.average_buffers(run.raw, run.d)  # one set of running statistics for the file (and evaluation)
     sync_ema_buffers(run)
     states = dist.gather_objects({"loader": run.train_loader.state_dict(), "rng": checkpoint.rng_state()}, run.d)
+    run.saved_last = run.saved_last or name == "last"  # on every rank: record_eval branches on it
     if not run.d.main:
         return
     loaders = [s["loader"] for s in states]
@@ -322,7 +329,7 @@ def share_state(decision: Decision, state: dict | None, d: dist.Dist) -> dict:
         path = Path(decision.path)
         if path.is_file():
             try:
-                mine = checkpoint.load(path)
+                mine = checkpoint.check_training(checkpoint.load(path), path)
                 if mine["step"] == decision.step:
                     state = mine
             except UsageError:
@@ -705,7 +712,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                     run.history.pop()
                 run.history.append({"step": run.step, **values})
                 window.update(loss=torch.zeros((), device=d.device), correct=0, n=0, steps=0, time=0.0)
-            if eval_now:
+            if eval_now and last_eval_step(run) != run.step:
                 record_eval(run, log)
             if signalled:
                 if not settle() or not checked_save(run, log):
@@ -722,24 +729,27 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
             if not finite_weights(run):
                 return mark_diverged(run, log)
             periodic = r.train.eval_every_epochs and run.epoch % r.train.eval_every_epochs == 0
-            if periodic or (run.step >= end_step and r.train.final_eval):
-                record_eval(run, log)
+            if (periodic or (run.step >= end_step and r.train.final_eval)) and last_eval_step(run) != run.step:
+                record_eval(run, log)  # not twice at one step (eval_every_steps landing on the epoch end)
             save_checkpoint(run)
             if signalled:
                 log.print(f"interrupted at step {run.step}: saved {ckpt_dir(run) / 'last.pt'}")
                 return "interrupted"
     if not settle():
         return "diverged"
-    evaluated = bool(run.history) and "eval/top1" in run.history[-1]
-    if run.batch != 0 or (r.train.final_eval and not evaluated):
-        # Stopped mid-epoch (max_steps or a fractional epoch count): evaluate and save the position.
+    evaluated = last_eval_step(run) == run.step
+    tested = run.test_loader is None or last_eval_step(run, "test/top1") == run.step
+    if run.batch != 0 or (r.train.final_eval and not evaluated) or not tested:
+        # Stopped mid-epoch (max_steps or a fractional epoch count), or not yet evaluated or tested at the
+        # end: evaluate and test (once per step, also when this reruns a finished run whose results.json
+        # is gone: the checkpoint's history says what was done) and save the position.
         if not finite_weights(run):
             return mark_diverged(run, log)
-        if r.train.final_eval:
+        if r.train.final_eval and not evaluated:
             record_eval(run, log)
+        if not tested:
+            record_test(run, log)
         save_checkpoint(run)
-    if run.test_loader is not None:
-        record_test(run, log)
     return "completed"  # a signal that arrives during the last step finds the run complete
 
 
@@ -758,6 +768,12 @@ def checked_save(run: Run, log: RunLogger, name: str = "last") -> bool:
     return True
 
 
+def last_eval_step(run: Run, key: str = "eval/top1") -> int:
+    """The step of the latest evaluation (`key`: eval/top1, test/top1) in the run's history (restored on
+    resume), -1 if none."""
+    return max((h["step"] for h in run.history if key in h), default=-1)
+
+
 def record_eval(run: Run, log: RunLogger) -> dict:
     metrics = evaluate(run)
     log.scalars(run.step, metrics)
@@ -765,6 +781,10 @@ def record_eval(run: Run, log: RunLogger) -> dict:
     # The metrics are all-reduced, so every rank takes the same branch (finite_weights is a collective).
     if metrics["eval/top1"] > run.best_top1 and finite_weights(run):
         run.best_top1 = metrics["eval/top1"]
+        if not run.saved_last:
+            # last.pt first: a folder never holds a best.pt without a last.pt to resume from
+            # (e.g. a disk too small for the first last.pt: the same command then restarts cleanly).
+            save_checkpoint(run)
         save_checkpoint(run, "best")
     split = " (validation split)" if run.recipe.data.val_split else ""
     log.eval_line(f"step {run.step} epoch {log.epoch(run.step):.2f}: eval {metric_text(metrics, 'eval')}{split}")
@@ -951,12 +971,17 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
             raise EnvError(f"{e}; the last checkpoint is kept: fix the data and rerun the same command to resume"
                            ) from None
         except OSError as e:
-            raise EnvError(f"cannot write in {run.out}: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); "
-                           "the previous checkpoints are intact: free space or fix the folder and rerun to resume"
-                           ) from None
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise EnvError(f"cannot write in {run.out}: {e.strerror or e}{where}; the previous checkpoints are "
+                           "intact: free space or fix the folder and rerun to resume") from None
         res = results(run, status, time.perf_counter() - t_start, start_step)
-        log.results(res)
-        log.hparams(hparams(recipe), final_metrics(res), run.step)
+        try:
+            log.results(res)
+            log.hparams(hparams(recipe), final_metrics(res), run.step)
+        except OSError as e:
+            raise EnvError(f"cannot write {run.out / 'results.json'}: {e.strerror or e}; the run ended ({status} at "
+                           f"step {run.step}) and its checkpoints are kept: fix the folder and rerun the same "
+                           "command to record it") from None
     except EnvError as e:
         res = results(run, "failed", time.perf_counter() - t_start, start_step)
         res["error"] = str(e)

@@ -20,3 +20,9 @@ class EnvError(Exception):
 
 class WorkerError(Exception):
     """A rank died or stopped answering. Printed as one line naming the rank, exit 6."""
+
+
+def readable(path) -> str:
+    """A file name as printable text: the bytes of a non-UTF-8 name shown as \\xNN escapes."""
+    import os
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")

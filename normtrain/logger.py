@@ -14,14 +14,16 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, check_writer
 
 EVAL_LINES = ("all", "interval", "none")
 
@@ -74,6 +76,7 @@ class RunLogger:
             else:
                 self.plain = True
         if tensorboard:
+            _quiet_writer_threads()
             from torch.utils.tensorboard import SummaryWriter
             # On resume TensorBoard hides the earlier attempt's events past the checkpoint's step.
             self.tb = SummaryWriter(str(out / "tb"), purge_step=purge_step)
@@ -110,6 +113,7 @@ class RunLogger:
         """Record scalars (e.g. {'train/loss': 0.3}) at `step`."""
         if not self.main:
             return
+        check_writer()
         clean = {k: (float(v) if v is not None else None) for k, v in values.items()}
         if self.tb is not None:
             for k, v in clean.items():
@@ -166,10 +170,29 @@ class RunLogger:
         self.tb.flush()
 
     def close(self) -> None:
+        """Close the bar, TensorBoard and metrics.jsonl. A write that fails here (a full disk) is not
+        raised: it ends a run that has already been reported (or is failing for that very reason)."""
         if self.bar is not None:
             warnings.showwarning = self._showwarning
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
+        for f in (self.tb, self.jsonl):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+def _quiet_tb_thread(args, previous=threading.excepthook):
+    """TensorBoard's writer thread re-raises a failed write (a full disk) to print its traceback;
+    the same error reaches the run through the writer's next call (exit 5, one line)."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    previous(args)
+
+
+def _quiet_writer_threads() -> None:
+    if not getattr(threading.excepthook, "normtrain_quiet", False):
+        hook = functools.partial(_quiet_tb_thread, previous=threading.excepthook)
+        hook.normtrain_quiet = True
+        threading.excepthook = hook

@@ -19,7 +19,11 @@ What it guarantees (README, "What normtrain guarantees"):
   same recipe reports its result and changes nothing.
 - **No silent restart.** A folder that holds a run (results.json or any
   checkpoint) but no usable ``last.pt`` refuses, saying how to continue from
-  ``best.pt`` or start fresh; a corrupt checkpoint is named (exit 2).
+  ``best.pt`` or start fresh; a corrupt checkpoint is named (exit 2). The one
+  exception: a folder holding only the results.json of an attempt that failed
+  (status ``failed``: a full disk, an unwritable folder) before its first
+  checkpoint starts fresh, as nothing of it can be continued or lost. (The engine
+  writes ``last.pt`` before the first ``best.pt``, so a ``best.pt`` always had one.)
 - Temporary files of interrupted saves are removed at the next start, and on
   resume ``metrics.jsonl`` loses the lines past the checkpoint's step.
 
@@ -28,17 +32,18 @@ broadcasts its decision to the other ranks.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint, config
-from .errors import EnvError, UsageError
+from . import checkpoint, config, outputs, signals
+from .errors import EXIT_WORKER, EnvError, UsageError, readable
 
 LOCK_NAME = ".normtrain.lock"
 #: Set by the launcher for its workers when it holds the lock itself.
@@ -83,7 +88,11 @@ class RunDir:
     def acquire(self) -> None:
         """Create the folder if needed, take the writer lock, probe that it is writable, clean temp files."""
         if os.environ.get(LOCK_ENV) == str(self.out.resolve()):
-            self._probe()   # our launcher holds the lock for us
+            # Our launcher holds the lock for us: every write first checks that it still does.
+            launcher = signals.launcher_pid()
+            if launcher is not None:
+                checkpoint.guard_writes(functools.partial(_launcher_holds_lock, launcher, self.out))
+            self._probe()
         else:
             self._mkdir()
             path = self.out / LOCK_NAME
@@ -123,6 +132,7 @@ class RunDir:
                 raise _env(self.out, e) from None
 
     def _probe(self) -> None:
+        checkpoint.check_writer()
         probe = self.out / ".normtrain.probe"
         try:
             with open(probe, "wb") as f:
@@ -164,12 +174,23 @@ class RunDir:
                                  "choose another --out or --resume auto")
             return Decision("fresh"), None
         if mode == "auto":
+            if last.exists() and not last.is_file():
+                raise UsageError(f"{last} is not a checkpoint file (a directory or special file is in its place): "
+                                 "remove it, or choose another --out")
             if not last.is_file():
+                results = self.results()
+                if held == ["results.json"] and results is not None and results.get("status") == "failed":
+                    # An attempt that failed (disk full, unwritable folder...) before its first checkpoint:
+                    # nothing to continue from and nothing lost by starting again.
+                    return Decision("fresh"), None
                 if held:
                     best = ck / "best.pt"
-                    how = (f"continue from its best checkpoint with --resume {best}, " if best.is_file() else "")
+                    if best.is_file():
+                        how = f"continue from its best checkpoint with --resume {best}, or start fresh"
+                    else:
+                        how = "start fresh"
                     raise UsageError(f"{self.out} holds a run ({', '.join(held)}) but no checkpoints/last.pt to "
-                                     f"continue from: {how}or start fresh with another --out (or delete the folder)")
+                                     f"continue from: {how} with another --out (or delete the folder)")
                 return Decision("fresh"), None
             path = last
         else:
@@ -177,7 +198,7 @@ class RunDir:
             if not path.is_file():
                 raise UsageError(f"--resume: checkpoint file not found: {mode} (or use auto / never)")
         try:
-            state = checkpoint.load(path)
+            state = checkpoint.check_training(checkpoint.load(path), path)
         except checkpoint.CheckpointError as e:
             best = ck / "best.pt"
             hint = f"; continue from {best} with --resume {best}" if path == last and best.is_file() else ""
@@ -192,23 +213,26 @@ class RunDir:
     def holdings(self) -> list[str]:
         """What of a previous run this folder holds (checkpoint files, results.json)."""
         ck = self.out / "checkpoints"
-        held = sorted(f"checkpoints/{p.name}" for p in ck.glob("*.pt")) if ck.is_dir() else []
+        held = sorted(f"checkpoints/{p.name}" for p in ck.glob("*.pt") if p.is_file()) if ck.is_dir() else []
         if (self.out / "results.json").is_file():
             held.append("results.json")
         return held
 
     def results(self) -> dict | None:
         try:
-            return json.loads((self.out / "results.json").read_text())
+            res = json.loads((self.out / "results.json").read_text())
         except (OSError, ValueError):
             return None
+        return res if isinstance(res, dict) else None
 
     # -- outputs of an earlier attempt ------------------------------------------------------
     def reset_outputs(self, step: int) -> None:
         """Make metrics.jsonl and tb/ agree with a start at `step` (0: a fresh start in a used folder)."""
+        checkpoint.check_writer()
         metrics = self.out / "metrics.jsonl"
         if step == 0:
             metrics.unlink(missing_ok=True)
+            (self.out / "results.json").unlink(missing_ok=True)  # of a failed attempt (`decide`)
             shutil.rmtree(self.out / "tb", ignore_errors=True)
             return
         if metrics.is_file():
@@ -274,8 +298,17 @@ def check_recipe(state: dict, recipe: config.Recipe, world: int, path: Path) -> 
     return diff
 
 
+def _launcher_holds_lock(launcher: int, out: Path) -> None:
+    """Exit at once, writing nothing, if the launcher that holds `out`'s lock for this worker is gone.
+
+    A worker is normally killed with its launcher (signals.die_with_parent); this is the check
+    where that is not available, or not yet armed: once the launcher is gone its lock is free,
+    and another run may already own the folder."""
+    if os.getppid() != launcher:
+        print(f"normtrain: error: the launcher (pid {launcher}) that held the lock of {out} is gone; "
+              "stopping without writing", file=sys.stderr, flush=True)
+        os._exit(EXIT_WORKER)
+
+
 def _env(path: Path, e: OSError) -> EnvError:
-    cause = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
-             errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-             errno.ENOTDIR: "a path component is not a directory", errno.EDQUOT: "disk quota exceeded"}
-    return EnvError(f"cannot write to {path}: {cause.get(e.errno, e.strerror or str(e))}")
+    return EnvError(f"cannot write to {readable(path)}: {outputs.cause(e)}")

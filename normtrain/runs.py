@@ -14,6 +14,8 @@ top-1 (%; on the held-out validation split when the recipe has data.val_split; t
 CSV adds the test split's final top-1), images/s (results.json's
 timings.images_per_s) and the step it diverged at. Sorted by time, newest last.
 Scenario results (results.json with a verdict) are not runs and are left out.
+A folder whose files cannot be read as a run (malformed JSON, wrong types,
+unreadable files) is one ``unreadable: why`` row; the others are listed as usual.
 Reads files only: no torch.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK, UsageError, readable
 
 COLUMNS = ["run", "updated", "status", "name", "model", "norm", "steps", "total_steps", "final_top1", "best_top1",
            "test_top1", "eval_split", "images_per_s", "diverged_at_step"]
@@ -52,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
 def _last_row(path: Path) -> dict:
     """The last complete JSON line of a metrics.jsonl ({} if none)."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return {}
     for line in reversed(lines):
@@ -97,6 +99,34 @@ def lock_held(folder: Path) -> bool:
         return False
 
 
+class Unreadable(Exception):
+    """A folder that looks like a run but whose files cannot be read as one (the message says why)."""
+
+
+def _typed(value, types, what: str):
+    """`value` if it is None or of `types` (bool never counts as a number), else Unreadable naming `what`."""
+    if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+        return value
+    raise Unreadable(f"{what} is {type(value).__name__} {str(value)[:40]!r}")
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise Unreadable(f"{path.name}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise Unreadable(f"{path.name} is not JSON ({str(e)[:60]})") from None
+
+
+def _mapping(d, what: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise Unreadable(f"{what} is not a mapping")
+    return d
+
+
 def status_of(res: dict) -> str:
     """results.json's status, or 'stopped early' for a completed run that train.max_steps cut short."""
     stopped = res.get("stopped_early")
@@ -106,54 +136,88 @@ def status_of(res: dict) -> str:
 
 
 def read_run(folder: Path, root: Path) -> dict | None:
-    """One row for the run in `folder`, or None if it holds none."""
+    """One row for the run in `folder`, None if it holds none; Unreadable if it holds one that cannot be read."""
     res_path = folder / "results.json"
     row = {"run": str(folder.relative_to(root)) or "."}
     running = lock_held(folder)
-    if res_path.is_file():
-        try:
-            res = json.loads(res_path.read_text())
-        except (OSError, ValueError):
-            return None
+    num = (int, float)
+    if res_path.exists():
+        if not res_path.is_file():
+            raise Unreadable("results.json is not a file")
+        res = _json(res_path)
         if not isinstance(res, dict) or "status" not in res or "steps" not in res:
-            return None  # a scenario's results, or not ours
-        final = res.get("final") or {}
+            if isinstance(res, dict) and ("verdict" in res or "scenario" in res):
+                return None  # a scenario's results
+            raise Unreadable("results.json has no status and steps")
+        _typed(res["status"], str, "status")
+        _typed(res["steps"], int, "steps")
+        _typed(res.get("total_steps"), int, "total_steps")
+        final = _mapping(res.get("final"), "final")
         row.update(updated=res_path.stat().st_mtime, status="running" if running else status_of(res),
-                   name=res.get("recipe"), model=res.get("model"), norm=res.get("norm"), steps=res["steps"],
-                   total_steps=res.get("total_steps"), final_top1=final.get("eval/top1"),
-                   best_top1=res.get("best_eval_top1"), test_top1=final.get("test/top1"),
-                   eval_split=res.get("eval_split"), images_per_s=(res.get("timings") or {}).get("images_per_s"),
-                   diverged_at_step=res.get("diverged_at_step"))
+                   name=_typed(res.get("recipe"), str, "recipe"), model=_typed(res.get("model"), str, "model"),
+                   norm=_typed(res.get("norm"), str, "norm"), steps=res["steps"], total_steps=res.get("total_steps"),
+                   final_top1=_typed(final.get("eval/top1"), num, "final eval/top1"),
+                   best_top1=_typed(res.get("best_eval_top1"), num, "best_eval_top1"),
+                   test_top1=_typed(final.get("test/top1"), num, "final test/top1"),
+                   eval_split=_typed(res.get("eval_split"), str, "eval_split"),
+                   images_per_s=_typed(_mapping(res.get("timings"), "timings").get("images_per_s"), num,
+                                       "timings.images_per_s"),
+                   diverged_at_step=_typed(res.get("diverged_at_step"), int, "diverged_at_step"))
+        if row["status"] is None:
+            raise Unreadable("results.json has no status")
         return row
     rec_path, metrics = folder / "recipe.yaml", folder / "metrics.jsonl"
     if not (rec_path.is_file() and metrics.is_file()):
         return None
     try:
-        rec = yaml.safe_load(rec_path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        rec = _mapping(yaml.safe_load(rec_path.read_text()), "recipe.yaml")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         rec = {}
+    try:
+        text = metrics.read_text(errors="replace")
+    except OSError as e:
+        raise Unreadable(f"metrics.jsonl: {e.strerror or e}") from None
     evals = []
-    for line in metrics.read_text().splitlines():
+    for line in text.splitlines():
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        if r.get("eval/top1") is not None:
+        if isinstance(r, dict) and isinstance(r.get("eval/top1"), num) and not isinstance(r["eval/top1"], bool):
             evals.append(r["eval/top1"])
-    held_out = bool((rec.get("data") or {}).get("val_split"))
+    last = _last_row(metrics)
+    held_out = bool(_mapping(rec.get("data"), "recipe data").get("val_split"))
     row.update(updated=metrics.stat().st_mtime, status="running" if running else "unfinished",
-               name=(rec.get("run") or {}).get("name"), model=(rec.get("model") or {}).get("name"),
-               norm=(rec.get("norm") or {}).get("name"), steps=_last_row(metrics).get("step"), total_steps=None,
+               name=_typed(_mapping(rec.get("run"), "recipe run").get("name"), str, "run.name"),
+               model=_typed(_mapping(rec.get("model"), "recipe model").get("name"), str, "model.name"),
+               norm=_typed(_mapping(rec.get("norm"), "recipe norm").get("name"), str, "norm.name"),
+               steps=_typed(last.get("step") if isinstance(last, dict) else None, int, "step"), total_steps=None,
                final_top1=evals[-1] if evals else None, best_top1=max(evals) if evals else None, test_top1=None,
                eval_split="val" if held_out else "test", images_per_s=None, diverged_at_step=None)
     return row
 
 
+def _unreadable(folder: Path, root: Path, why: str) -> dict:
+    try:
+        updated = folder.stat().st_mtime
+    except OSError:
+        updated = 0.0
+    row = dict.fromkeys(COLUMNS)
+    row.update(run=str(folder.relative_to(root)) or ".", updated=updated, status="unreadable", name=why)
+    return row
+
+
 def find_runs(root: Path) -> list[dict]:
+    """Every run under `root`; a folder that cannot be read as a run is one ``unreadable`` row saying why."""
     rows = []
     for here, dirs, _ in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIP)
-        row = read_run(Path(here), root)
+        try:
+            row = read_run(Path(here), root)
+        except Unreadable as e:
+            row = _unreadable(Path(here), root, str(e))
+        except (OSError, ValueError, RecursionError) as e:
+            row = _unreadable(Path(here), root, f"{type(e).__name__}: {str(e)[:80]}")
         if row is not None:
             rows.append(row)
     return sorted(rows, key=lambda r: r["updated"])
@@ -162,6 +226,8 @@ def find_runs(root: Path) -> list[dict]:
 def _cell(key: str, v) -> str:
     if v is None:
         return "-"
+    if key == "run":
+        return readable(v)
     if key == "updated":
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(v))
     if key in ("best_top1", "final_top1", "test_top1"):
@@ -176,6 +242,10 @@ def table(rows: list[dict]) -> str:
              "diverged"]
     cells = []
     for r in rows:
+        if r["status"] == "unreadable":
+            cells.append([_cell("run", r["run"]), _cell("updated", r["updated"]), f"unreadable: {r['name']}"]
+                         + [""] * (len(heads) - 3))
+            continue
         steps = "-" if r["steps"] is None else f"{r['steps']}/{_cell('', r['total_steps'])}"
         mark = " (val)" if r.get("eval_split") == "val" else ""
         cells.append([_cell("run", r["run"]), _cell("updated", r["updated"]), r["status"], _cell("", r["name"]),
@@ -183,7 +253,9 @@ def table(rows: list[dict]) -> str:
                       _cell("best_top1", r["best_top1"]) + mark, _cell("images_per_s", r["images_per_s"]),
                       _cell("", r["diverged_at_step"])])
     right = {"steps", "final top-1", "best top-1", "img/s", "diverged"}
-    widths = [max(len(c[i]) for c in cells + [heads]) for i in range(len(heads))]
+    # An unreadable row's reason spans the columns after its status: it does not widen them.
+    widths = [max(len(c[i]) for c in cells + [heads] if not (i >= 2 and c[2].startswith("unreadable: ")))
+              for i in range(len(heads))]
     lines = []
     for c in [heads] + cells:
         lines.append("  ".join(v.rjust(w) if h in right else v.ljust(w) for v, w, h in zip(c, widths, heads)).rstrip())
@@ -202,7 +274,8 @@ def main(argv: list[str]) -> int:
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else
-                            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r[k])) if k == "updated" else r[k])
+                            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r[k])) if k == "updated" else
+                            readable(r[k]) if k == "run" else r[k])
                         for k in COLUMNS})
         return EXIT_OK
     if not rows:

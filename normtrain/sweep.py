@@ -54,8 +54,8 @@ from typing import Any
 
 import yaml
 
-from . import config
-from .errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
+from . import config, outputs
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EnvError, UsageError
 
 DEFAULT_OUT = "runs/sweep"
 
@@ -176,9 +176,9 @@ def finished(spec: RunSpec) -> dict | None:
             for k in ("progress", "interval_s", "eval_lines"):  # display only
                 d.get("log", {}).pop(k, None)
         same = saved == wanted
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError, yaml.YAMLError):
         return None
-    return res if same and res.get("status") in ("completed", "diverged") else None
+    return res if same and isinstance(res, dict) and res.get("status") in ("completed", "diverged") else None
 
 
 class SweepInterrupted(Exception):
@@ -249,7 +249,7 @@ def collapsed(res: dict | None) -> bool:
 
 
 def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    xs = [x for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
     if not xs:
         return None, None
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -260,11 +260,16 @@ def pm(m: float | None, s: float | None, digits: int = 2) -> str:
 
 
 def load_result(spec: RunSpec) -> dict | None:
+    """The run's results.json, or None if it has none or it cannot be read as one."""
     p = spec.out / "results.json"
     try:
-        return json.loads(p.read_text()) if p.is_file() else None
-    except ValueError:
+        res = json.loads(p.read_text()) if p.is_file() else None
+    except (OSError, ValueError):
         return None
+    if not isinstance(res, dict) or not isinstance(res.get("final", {}), dict) \
+            or not isinstance(res.get("timings", {}), dict):
+        return None
+    return res
 
 
 def summarize(specs: list[RunSpec]) -> list[dict]:
@@ -526,8 +531,12 @@ def main(argv: list[str]) -> int:
         for s in specs:
             print(s.out)
         return EXIT_OK
+    outputs.check_dir(args.out)  # a file in the way, below a file, read-only: exit 5 before any run
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EnvError(f"--out {args.out}: {outputs.cause(e)}") from None
     todo = []
     for s in specs:
         if finished(s) is not None:
@@ -554,11 +563,15 @@ def main(argv: list[str]) -> int:
     keys = [k for k, _ in specs[0].values]
     rows = summarize(specs)
     title = sweep_title(args.recipe, specs, len(rows), args.seeds)
-    write_summary(out, rows, keys, title)
-    write_runs_csv(out, specs, keys)
-    plot_title = headline(rows, title)
-    plot_curves(out, specs, plot_title)
-    plot_summary(out, specs, rows, plot_title)
+    try:
+        write_summary(out, rows, keys, title)
+        write_runs_csv(out, specs, keys)
+        plot_title = headline(rows, title)
+        plot_curves(out, specs, plot_title)
+        plot_summary(out, specs, rows, plot_title)
+    except OSError as e:
+        raise EnvError(f"cannot write the sweep's summary in {out}: {outputs.cause(e)}; its runs are kept: "
+                       "rerun the same command to write it") from None
     print((out / "summary.md").read_text())
     print(f"normtrain sweep: {len(specs)} runs ({len(todo)} run now, {time.perf_counter() - t0:.1f}s) -> "
           f"{out / 'summary.md'}, {out / 'summary.csv'}, {out / 'runs.csv'}, {out / 'curves.png'}, "

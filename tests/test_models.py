@@ -184,6 +184,66 @@ def test_torchvision_state_dict_loads_and_matches(net):
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
 
 
+# -- init: the reference we claim (DESIGN §5: torchvision's ResNet init) ---------------------------------
+
+def test_kaiming_init_is_torchvisions_resnet50_init():
+    """He fan_out on the convolutions only; the classifier keeps PyTorch's Linear default, as torchvision's fc.
+
+    From the same seed our ResNet-50 draws exactly torchvision's weights, and the
+    classifier's std is torchvision's and PyTorch's Linear default (1/sqrt(3 * 2048) = 0.0128) within 5%, not He
+    fan_out's sqrt(2/classes)."""
+    tv = _torchvision()
+    torch.manual_seed(0)
+    ref = tv.models.resnet50()
+    torch.manual_seed(0)
+    ours = models.build("resnet50", "bn", 1000)
+    for (k, a), (k2, b) in zip(ref.state_dict().items(), ours.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    std_ref, std_ours = float(ref.fc.weight.detach().std()), float(ours.fc.weight.detach().std())
+    assert std_ours == pytest.approx(std_ref, rel=0.05) and std_ours == pytest.approx(1 / math.sqrt(3 * 2048), rel=0.05)
+    assert float(ours.fc.bias.detach().abs().max()) > 0  # PyTorch's default bias, not zeros
+    conv = ours.layer1[0].conv2.weight.detach()  # 64 -> 64, 3x3: fan_out 576
+    assert float(conv.std()) == pytest.approx(math.sqrt(2 / 576), rel=0.05)
+
+
+def test_recipe_inits_keep_their_own_linear_init():
+    """xavier / caffe-xavier (the papers' stated inits) set the classifier too; kaiming leaves it."""
+    torch.manual_seed(0)
+    m = models.build("resnet18", "bn", 10, (3, 32, 32), init="xavier")
+    bound = math.sqrt(6 / (512 + 10))
+    w = m.fc.weight.detach()
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.9 * bound
+    assert float(m.fc.bias.detach().abs().max()) == 0
+    torch.manual_seed(0)
+    d = models.build("resnet18", "bn", 10, (3, 32, 32), init="default")
+    torch.manual_seed(0)
+    k = models.build("resnet18", "bn", 10, (3, 32, 32), init="kaiming")
+    assert torch.equal(d.fc.weight, k.fc.weight) and torch.equal(d.fc.bias, k.fc.bias)
+    assert not torch.equal(d.conv1.weight, k.conv1.weight)
+
+
+# Methods whose definition puts the initial loss elsewhere, and why (see UNBOUNDED above for ws).
+INIT_LOSS_EXEMPT = {"ws": "WS alone: unit-std weights with no activation norm multiply the scale by ~sqrt(fan_in) "
+                          "per layer and overflow (norms list: 'deep nets overflow')"}
+# Methods defined on their own network: nf is the NF-ResNet's set of pieces (scaled WS, gamma-ReLU, the
+# alpha/beta block); in a torchvision-layout ResNet, without its beta bookkeeping, the variance grows.
+INIT_LOSS_NET = {"nf": "nf-resnet50"}
+
+
+@pytest.mark.parametrize("method", [m for m in norms.names() if m not in INIT_LOSS_EXEMPT])
+def test_initial_loss_is_near_chance(method):
+    """Every method starts near chance: cross-entropy within 20% of ln(classes) on random data (ResNet-18
+    with kaiming init, 10 classes, 32 samples of 3x64x64 noise, training mode)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 64, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+    torch.manual_seed(0)
+    m = models.build(INIT_LOSS_NET.get(method, "resnet18"), norms.get(method, ghost_groups=GHOST_GROUPS), 10,
+                     (3, 64, 64)).train()
+    with torch.no_grad():
+        loss = float(nn.functional.cross_entropy(m(x), y))
+    assert loss == pytest.approx(math.log(10), rel=0.2), f"{method}: initial loss {loss:.3g}"
+
+
 def test_resnext101_matches_torchvision_layout():
     _torchvision()  # skips when torchvision cannot be imported
     from torchvision.models.resnet import Bottleneck, ResNet
@@ -411,3 +471,53 @@ def test_residual_options_need_residual_blocks():
         models.build("cifar10-nv", norms.get("bn", residual="depth"), 10, (3, 28, 28))
     with pytest.raises(UsageError, match="drop_path"):
         models.build("resnet18", "bn", 10, (3, 32, 32), drop_path=1.0)
+
+
+# -- the declared widths the torch-free checks read (issue 17 point 18) ---------------------------
+
+def _normalized_widths(name: str, **options) -> set:
+    """The channel counts that network `name` really splits into norm.groups groups (GroupNorm's own
+    check, recorded while the network is built on meta with gn)."""
+    from normtrain.norms import gn
+    seen = set()
+    real = gn.check_groups
+
+    def record(num_channels, groups):
+        seen.add(num_channels)
+        return real(num_channels, groups)
+    gn.check_groups = record
+    try:
+        shape = (1, 8, 8) if name in ("mlp", "linear50", "vit-tiny-digits") else (3, 32, 32)
+        with torch.device("meta"):
+            models.build(name, norms.get("gn", groups=1), 10, shape, init="default", **options)
+    finally:
+        gn.check_groups = real
+    return seen
+
+
+BUILT_IN_NETWORKS = [n for n in models.names() if models.NETWORKS.package_of(n) is None]
+BUILT_IN_METHODS = [n for n in norms.names() if norms.METHODS.package_of(n) is None]
+
+
+@pytest.mark.parametrize("name", BUILT_IN_NETWORKS)
+def test_declared_norm_widths_are_the_networks_own(name):
+    """models.NORM_WIDTHS (read without torch by preflight) is what each network builds."""
+    assert name in models.NORM_WIDTHS, f"declare {name}'s normalized widths in models.NORM_WIDTHS"
+    assert models.norm_widths(name, {}) == _normalized_widths(name)
+    if name == "mlp":
+        assert models.norm_widths(name, {"widths": [12, 20]}) == _normalized_widths(name, widths=[12, 20]) == {12, 20}
+    if name == "linear50":
+        assert models.norm_widths(name, {"depth": 3, "width": 6}) == _normalized_widths(name, depth=3, width=6)
+
+
+@pytest.mark.parametrize("method", BUILT_IN_METHODS)
+def test_grouped_methods_are_exactly_those_that_need_groups_to_divide_the_width(method):
+    """norms.GROUPED (read without torch) lists the methods whose norm layer needs norm.groups | C."""
+    from normtrain.errors import UsageError
+    try:
+        with torch.device("meta"):
+            models.build("mlp", norms.get(method, groups=7), 10, (1, 8, 8), widths=[10])
+        needs = False
+    except UsageError:
+        needs = True
+    assert needs == (method in norms.GROUPED)

@@ -62,20 +62,36 @@ def test_scenario_table_render_format():
     tool = _scenario_table()
     sums = {"a": "Claim a | with a pipe.", "b": "Claim b.", "c": "Claim c."}
     verdicts = {
-        "a": {"reproduced": True, "headline": "x = 1", "non_default_params": {}, "runtime_s": 12.3, "device": "cpu",
-              "plots": ["docs/scenarios/a.png"]},
-        "b": {"reproduced": False, "headline": "y = 2", "non_default_params": {"steps": 5}, "runtime_s": 1.0,
+        "a": {"state": "reproduced", "headline": "x = 1", "non_default_params": {}, "runtime_s": 12.3,
+              "device": "cpu", "plots": ["docs/scenarios/a.png"]},
+        "b": {"state": "inconclusive", "headline": "y = 2", "non_default_params": {"steps": 5}, "runtime_s": 1.0,
               "device": "cpu", "plots": ["docs/scenarios/b.png", "docs/scenarios/b-extra.png"]},
     }
     out = tool.render(verdicts, sums)
     rows = [l for l in out.splitlines() if l.startswith("| `")]
     assert len(rows) == 3
-    for row in rows:  # four columns, escaped pipes do not split a cell
-        assert len(re.split(r"(?<!\\)\|", row.strip())) == 6
-    assert "reproduced: x = 1" in rows[0] and "**not reproduced**: y = 2 (at `steps=5`)" in rows[1]
+    for row in rows:  # five columns, escaped pipes do not split a cell
+        assert len(re.split(r"(?<!\\)\|", row.strip())) == 7
+    assert "| reproduced | x = 1 |" in rows[0] and "| **inconclusive** | y = 2 (at `steps=5`) |" in rows[1]
     assert "not run yet" in rows[2]
     assert "[b-extra](docs/scenarios/b-extra.png)" in out
-    verdicts["c"] = dict(verdicts["b"], state="inconclusive", headline="z = 3", non_default_params={})
+    verdicts["c"] = dict(verdicts["b"], state="n/a", headline="z = 3", non_default_params={})
     row_c = [l for l in tool.render(verdicts, sums).splitlines() if l.startswith("| `c`")][0]
-    assert "**inconclusive**: z = 3" in row_c and "not reproduced" not in row_c
+    assert "| **n/a** | z = 3 |" in row_c and "not reproduced" not in row_c
     assert tool.plot_names("x", ["loss_curves.png", "output_norms.png"]) == ["x.png", "x-output-norms.png"]
+    assert tool.state_of({"reproduced": False}) == "not reproduced"  # an entry of the old schema
+
+
+def test_exit_code_table_matches_the_code_and_the_help():
+    """The README's exit codes are exactly normtrain's (errors.EXIT_*), each also in `normtrain --help`."""
+    from normtrain import cli, errors
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("#### What normtrain guarantees"):text.index("## Distributed training")]
+    table = section[section.index("| code | meaning |"):]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table, re.M)}
+    defined = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert documented == defined
+    help_text = cli.EPILOG
+    for code in defined:
+        assert re.search(rf"\b{code} ", help_text), code
+    assert "What is **not** guaranteed" in section and "flock" in section and "fsync" in section

@@ -1,7 +1,8 @@
-"""Research scenarios: each runs end to end at a smoke size; every verdict on constructed inputs, both ways."""
+"""Research scenarios: every verdict on constructed inputs in each state it can reach, the measurements
+behind them, and the command line. Every scenario also runs end to end at its defaults in
+tests/test_scenario_rerun.py (compared with the committed docs/scenarios/verdicts.json)."""
 import json
 import math
-import struct
 
 import pytest
 import torch
@@ -14,60 +15,20 @@ from normtrain.scenarios import (bn_cost, common, dyt_tanh_shape, ghost_equivale
 
 from .conftest import run_cli
 
-QUIET = ["progress=false", "device=cpu", "threads=1"]
-
-SMOKE = {
-    "linear50-wn": ["methods=[wn, bn, none]", "lrs=[0.001, 1.0]", "steps=8", "depth=8", "record_every=4"],
-    "normprop-residual": ["lrs=[0.01, 0.3]", "steps=3", "batch_size=16", "probe_size=16", "gamma_inits=[1.0]"],
-    "output-norms": ["methods=[wn, bn]", "model=mlp", "recipe_set=[train.max_steps=6, data.batch_size=32]",
-                     "log_every=2"],
-    "signal-prop": ["image_size=32", "batch_size=4"],
-    "loss-landscape": ["steps=4", "widths=[32]", "batch_size=32", "ghost_groups=4", "probe_lrs=[0.1, 0.4]"],
-    "ghost-example": [],
-    "ws-gradients": ["steps=4", "record_every=2", "batch_size=8", "random_draws=2"],
-    "bn-cost": ["model=resnet18", "image_size=16", "batch_size=4", "methods=[bn, wn, none]", "warmup=1",
-                "steps=1"],
-    "wn-generalization": ["model=mlp", "steps=4", "seeds=2", "batch_size=16"],
-    "ghost-equivalence": ["steps=2", "widths=[16]", "batch_size=16"],
-    "ws-curves": ["steps=3", "seeds=2", "batch_size=8"],
-    "nf-ablation": ["image_size=32", "batch_size=4"],
-    "ws-hessian": ["width=4", "groups=2", "channels=2", "seeds=1", "train_steps=2", "batch_size=8"],
-    "ws-micro-batch": ["epochs=0.02", "seeds=2", "batch_size=4", "per_image_images=16"],
-    "ghost-ranking": ["epochs=0.1", "seeds=2", "batch_size=16", "ghost_batches=[8, 4]", "seq_ghost_batch=8"],
-    "wn-small-net": ["epochs=0.01", "seeds=2", "batch_size=16", "width=0.0625"],
-    "trelu-wn-instability": ["model=resnet8", "steps=6", "record_every=2", "batch_size=8"],
-    "residual-scalings": ["image_size=32", "batch_size=4", "scalings=[sqrt2]"],
-    "dyt-tanh-shape": ["steps=2", "seeds=2", "batch_size=8", "probe_images=4"],
-}
+R, N, I, NA = common.REPRODUCED, common.NOT_REPRODUCED, common.INCONCLUSIVE, common.NA
 
 
-def png_size(path) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk."""
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", head[16:24])
+def states(v: dict) -> dict:
+    """{part name: state} of a verdict."""
+    return {q["name"]: q["state"] for q in v["parts"]}
 
 
-def test_every_scenario_has_a_smoke_test():
-    assert sorted(SMOKE) == scenarios.names()
-
-
-@pytest.mark.parametrize("name", sorted(SMOKE))
-def test_scenario_smoke(name, tmp_path):
-    out = tmp_path / name
-    res = scenarios.run(name, QUIET + SMOKE[name], out=str(out))
-    saved = json.loads((out / "results.json").read_text())
-    assert saved["scenario"] == name and res["scenario"] == name
-    assert set(saved) >= {"scenario", "params", "measurements", "verdict"}
-    assert set(saved["verdict"]) >= {"claim", "criterion", "measured", "reproduced", "headline"}
-    assert isinstance(saved["verdict"]["reproduced"], bool)
-    assert saved["verdict"]["claim"] and saved["verdict"]["measured"] and saved["verdict"]["headline"]
-    assert saved["params"]["device"] == "cpu"
-    pngs = list(out.glob("*.png"))
-    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
-    assert all(png_size(p)[0] >= 1200 for p in pngs)  # readable plots: at least 1200 px wide
-    assert saved["plots"] and all((out / p).is_file() for p in saved["plots"])
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+def schema_ok(v: dict) -> None:
+    """The verdict schema (DESIGN §5): a state, parts with a source and a state, a headline; reproduced = state."""
+    assert v["state"] in common.STATES and v["headline"] and v["claim"]
+    assert v["parts"] and all(q["source"] in common.SOURCES and q["state"] in common.STATES for q in v["parts"])
+    assert all(set(q) >= {"name", "claim", "source", "state", "measured", "criterion"} for q in v["parts"])
+    assert v["state"] == common.overall_state(v["parts"]) and v["reproduced"] == (v["state"] == R)
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -75,11 +36,13 @@ def test_scenario_smoke(name, tmp_path):
 def test_cli_runs_a_scenario_and_lists_them(tmp_path):
     r = run_cli("scenario", "ghost-example", "--out", tmp_path / "g", "--set", "progress=false")
     assert r.returncode == 0, r.stderr
-    assert "REPRODUCED" in r.stdout and "claim:" in r.stdout
-    assert json.loads((tmp_path / "g/results.json").read_text())["verdict"]["reproduced"] is True
+    assert "REPRODUCED" in r.stdout and "claim:" in r.stdout and "[paper] ghostnorm: REPRODUCED" in r.stdout
+    v = json.loads((tmp_path / "g/results.json").read_text())["verdict"]
+    schema_ok(v)
+    assert v["state"] == R
     r = run_cli("list", "scenarios")
     assert r.returncode == 0
-    for name in SMOKE:
+    for name in scenarios.names():
         assert name in r.stdout
 
 
@@ -91,6 +54,9 @@ def test_cli_runs_a_scenario_and_lists_them(tmp_path):
     (["linear50-wn", "--set", "methods=[wn, nonorm]"], "unknown norm 'nonorm'"),
     (["linear50-wn", "--set", "steps=0"], "steps"),
     (["linear50-wn", "--data", "/no/such/dir"], "does not exist"),
+    (["linear50-wn", "--set", "classes=7"], "only with --data synthetic"),
+    (["linear50-wn", "--set", "normalize=sideways"], "normalize"),
+    (["ws-gradients", "--set", "null=bn"], "null"),
     (["ghost-example", "--data", "digits"], "takes no --data"),
     (["ghost-example", "--bogus"], "unrecognized arguments"),
 ])
@@ -125,34 +91,67 @@ def _runs(div, growth=5.0, rise=0.3):
     return [{"lr": lr, "diverged_at": div(lr), "gain_growth": growth, "coherence_rise": rise} for lr in GRID]
 
 
-def test_linear50_verdict_reproduced():
+def test_linear50_verdict_every_state():
     wn = _runs(lambda lr: None if lr < 0.01 else 5)
     bn = _runs(lambda lr: None)
     none = _runs(lambda lr: None if lr < 0.1 else 20)   # none stable or later at 0.01..1
     v = linear50_wn.verdict(wn, bn, none)
-    assert v["reproduced"] is True and "5/7" in v["measured"], v["measured"]
-    assert linear50_wn.verdict(wn, bn, none, same_start=wn)["reproduced"] is True
-
-
-def test_linear50_verdict_not_reproduced():
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"divergence": R, "bn-control": R, "specific-to-wn": R, "mechanism": R}
+    assert [q["source"] for q in v["parts"]] == ["paper", "added", "added", "added"]
+    assert linear50_wn.verdict(wn, bn, none, same_start=wn)["state"] == R
+    # the defaults' finding: the paper's sentence holds, our controls do not
+    earlier = _runs(lambda lr: None if lr < 0.01 else 4)
+    flat = _runs(lambda lr: None if lr < 0.01 else 5, growth=5.0, rise=0.0)
+    v = linear50_wn.verdict(flat, bn, earlier)
+    assert v["state"] == N and states(v) == {"divergence": R, "bn-control": R, "specific-to-wn": N, "mechanism": N}
+    assert v["headline"].startswith("divergence reproduced") and "not specific to WN" in v["headline"]
+    assert "mechanism not seen" in v["headline"]
+    # a narrow range of diverging rates: the paper's part fails
+    narrow = _runs(lambda lr: 3 if lr >= 0.316 else None)
+    assert states(linear50_wn.verdict(narrow, bn, bn))["divergence"] == N
     stable = _runs(lambda lr: None)
-    wide = _runs(lambda lr: 3 if lr >= 0.01 else None)
-    assert linear50_wn.verdict(stable, stable, stable)["reproduced"] is False        # WN never diverges
-    narrow = _runs(lambda lr: 3 if lr >= 1.0 else None)
-    assert linear50_wn.verdict(narrow, stable, stable)["reproduced"] is False        # one rate is not "wide"
-    assert linear50_wn.verdict(wide, wide, stable)["reproduced"] is False            # BN diverges as well
+    v = linear50_wn.verdict(stable, stable, stable)                 # WN never diverges: nothing to control
+    assert v["state"] == N and states(v)["bn-control"] == NA
     late = _runs(lambda lr: 150 if lr >= 0.01 else None)
-    assert linear50_wn.verdict(late, stable, stable)["reproduced"] is False          # not within 100 iterations
-    no_mech = _runs(lambda lr: 3 if lr >= 0.01 else None, growth=5.0, rise=0.0)
-    assert linear50_wn.verdict(no_mech, stable, stable)["reproduced"] is False       # coherence did not rise
+    assert states(linear50_wn.verdict(late, bn, bn))["divergence"] == N     # not within 100 iterations
+    # a grid too narrow to show a 100x range, or fewer than 100 steps: inconclusive
+    short = [r for r in narrow if r["lr"] >= 0.1]
+    assert states(linear50_wn.verdict(short, short, short))["divergence"] == I
+    all_short = [r for r in _runs(lambda lr: 3) if r["lr"] >= 0.1]   # WN diverges at every rate of a 10x grid
+    v = linear50_wn.verdict(all_short, [r for r in stable if r["lr"] >= 0.1], [r for r in stable if r["lr"] >= 0.1])
+    assert v["state"] == I and "inconclusive" in v["headline"] and "decides it" in v["parts"][0]["measured"]
+    assert states(linear50_wn.verdict(narrow, bn, bn, horizon=50))["divergence"] == I
+    # controls: BN diverging too, none diverging as early
+    wide = _runs(lambda lr: 3 if lr >= 0.01 else None)
+    assert states(linear50_wn.verdict(wide, wide, stable))["bn-control"] == N
+    assert states(linear50_wn.verdict(wide, stable, wide))["specific-to-wn"] == N
     flat_gain = _runs(lambda lr: 3 if lr >= 0.01 else None, growth=1.0, rise=0.3)
-    assert linear50_wn.verdict(flat_gain, stable, stable)["reproduced"] is False     # norms kept before diverging
-    # the control: none diverging at the same iterations as WN makes the divergence not WN's
-    assert linear50_wn.verdict(wide, stable, stable)["reproduced"] is True
-    assert linear50_wn.verdict(wide, stable, wide)["reproduced"] is False
-    earlier = _runs(lambda lr: 2 if lr >= 0.01 else None)
-    assert linear50_wn.verdict(wide, stable, earlier)["reproduced"] is False
-    assert linear50_wn.verdict(wide, stable, [])["reproduced"] is False              # no control, no verdict
+    assert states(linear50_wn.verdict(flat_gain, stable, stable))["mechanism"] == N
+    v = linear50_wn.verdict(wide, stable, [])                       # no control, no verdict
+    assert v["state"] == NA and "wn, bn and none" in v["headline"]
+
+
+def test_linear50_divergence_table_and_data_options(tmp_path):
+    runs = [{"method": m, "lr": lr, "diverged_at": d} for m, lr, d in
+            (("wn", 0.1, 3), ("wn", 1.0, 2), ("bn", 0.1, None), ("bn", 1.0, 9))]
+    t = linear50_wn.divergence_table(runs, ["wn", "bn"], [0.1, 1.0])
+    assert t["diverged_at"] == {"wn": [3, 2], "bn": [None, 9]} and t["lrs"] == [0.1, 1.0]
+    p = config.apply_overrides(linear50_wn.Params(), [("classes", 7), ("steps", 2), ("depth", 4),
+                                                      ("lrs", [0.01]), ("methods", ["wn", "bn", "none"]),
+                                                      ("progress", False), ("device", "cpu")])
+    ctx = common.Context("linear50-wn", p, tmp_path / "synthetic", data="synthetic")
+    opts = linear50_wn.data_options(ctx, p)
+    assert opts["synthetic_classes"] == 7
+    ld = common.loader(ctx, 4, "train", 8, **opts)
+    assert ld.num_classes == 7 and tuple(ld.in_shape) == (3, 8, 8)
+    p.normalize = "minus-one-one"
+    with pytest.raises(UsageError, match="generated noise"):
+        linear50_wn.data_options(ctx, p)
+    p.classes = 0
+    digits = common.Context("linear50-wn", p, tmp_path / "digits")
+    x, _ = next(iter(common.loader(digits, 64, **linear50_wn.data_options(digits, p)).epoch(0)))
+    assert float(x.min()) == -1.0 and float(x.max()) <= 1.0   # the paper's [-1, 1] input (G&G footnote 4)
 
 
 def test_linear50_mechanism_and_parting():
@@ -185,6 +184,9 @@ def test_row_coherence():
     assert linear50_wn.row_coherence(torch.eye(4)) == pytest.approx(0.0)
     w = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     assert linear50_wn.row_coherence(w) == pytest.approx(1 / math.sqrt(2))
+    torch.manual_seed(0)
+    ws = [torch.randn(8, 8) for _ in range(3)] + [torch.randn(3, 8), torch.randn(1, 8), w]
+    assert linear50_wn.row_coherences(ws) == pytest.approx([linear50_wn.row_coherence(x) for x in ws], rel=1e-6)
 
 
 # -- normprop-residual ------------------------------------------------------------------------------
@@ -201,28 +203,48 @@ def _np_runs(table):
     return runs
 
 
-def test_normprop_verdict():
+def test_normprop_verdict_every_state():
     bn = {0.01: "trained", 0.1: "trained", 1.0: "trained"}
+    good = {"with": 0.7, "without": 2.0}
     ok = _np_runs({"with": {0.01: "trained", 0.1: "trained", 1.0: "diverged"},
                    "without": {0.01: "not trained", 0.1: "diverged", 1.0: "diverged"}, "bn": bn})
-    assert normprop_residual.verdict(ok)["reproduced"] is True
+    v = normprop_residual.verdict(ok, paper_lr=0.0125, factors=good)
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"needs-modification": R, "large-rate": R, "bn-control": R,
+                                             "variance": R}
+    assert "our reading" in v["claim"] or "ours" in v["claim"]
     poor = _np_runs({"with": {0.01: "trained", 0.1: "trained", 1.0: ("trained", 0.5)},
                      "without": {0.01: "diverged", 0.1: "diverged", 1.0: "diverged"}, "bn": bn})
-    assert normprop_residual.verdict(poor)["reproduced"] is True   # a poor minimum at the large rate
+    assert normprop_residual.verdict(poor, paper_lr=0.01)["state"] == R      # a poor minimum at the large rate
+    # judged at the paper-equivalent rate: training without it at a smaller one does not count against the paper
     trains_without = _np_runs({"with": {0.01: "trained", 0.1: "trained", 1.0: "diverged"},
                                "without": {0.01: "trained", 0.1: "diverged", 1.0: "diverged"}, "bn": bn})
-    assert normprop_residual.verdict(trains_without)["reproduced"] is False
+    assert states(normprop_residual.verdict(trains_without, paper_lr=0.1))["needs-modification"] == R
+    assert states(normprop_residual.verdict(trains_without, paper_lr=0.01))["needs-modification"] == N
+    without_poor = _np_runs({"with": {0.01: "trained", 0.1: "trained", 1.0: "diverged"},
+                             "without": {0.01: ("trained", 0.5), 0.1: "diverged", 1.0: "diverged"}, "bn": bn})
+    assert states(normprop_residual.verdict(without_poor, paper_lr=0.01))["needs-modification"] == R
     fine_at_large = _np_runs({"with": {0.01: "trained", 0.1: "trained", 1.0: "trained"},
                               "without": {0.01: "diverged", 0.1: "diverged", 1.0: "diverged"}, "bn": bn})
-    assert normprop_residual.verdict(fine_at_large)["reproduced"] is False
+    assert states(normprop_residual.verdict(fine_at_large, paper_lr=0.01))["large-rate"] == N
     never = _np_runs({"with": {0.01: "not trained", 0.1: "diverged", 1.0: "diverged"},
                       "without": {0.01: "diverged", 0.1: "diverged", 1.0: "diverged"}, "bn": bn})
-    assert normprop_residual.verdict(never)["reproduced"] is False
+    assert states(normprop_residual.verdict(never, paper_lr=0.01))["needs-modification"] == N
     bn_fails = _np_runs({"with": {0.01: "trained", 0.1: "diverged", 1.0: "diverged"},
                          "without": {0.01: "diverged", 0.1: "diverged", 1.0: "diverged"},
                          "bn": {0.01: "trained", 0.1: "diverged", 1.0: "diverged"}})
-    assert normprop_residual.verdict(bn_fails)["reproduced"] is False  # the control must train
-    assert normprop_residual.verdict([])["reproduced"] is False
+    v = normprop_residual.verdict(bn_fails, paper_lr=0.01)
+    assert states(v)["bn-control"] == N and states(v)["large-rate"] == I   # no larger rate where BN trains
+    assert v["state"] == N
+    assert states(normprop_residual.verdict(ok, paper_lr=0.01, factors={"with": 3.0, "without": 2.0}))["variance"] == N
+    small_grid = _np_runs({"with": {0.01: "trained", 0.1: "trained"}, "without": {0.01: "diverged", 0.1: "diverged"},
+                           "bn": {0.01: "trained", 0.1: "diverged"}})
+    v = normprop_residual.verdict(small_grid, paper_lr=0.01)    # no larger rate at which BN trains
+    assert v["state"] == I and states(v)["large-rate"] == I
+    beside = {"resnet56": [{"config": "with", "status": "diverged"}, {"config": "without", "status": "diverged"}]}
+    assert "resnet56: with it trains at 0/1 (diverged at 1)" in normprop_residual.verdict(ok, beside=beside)["headline"]
+    assert normprop_residual.verdict([])["state"] == NA
+    assert normprop_residual.paper_rate([0.0125, 0.04, 0.125], 0.1 * 32 / 256) == 0.0125
 
 
 def test_normprop_status_and_probe():
@@ -258,17 +280,28 @@ def _bn_like(step=0.17, start=0.5):
     return out
 
 
-def test_signal_prop_verdict():
+def test_signal_prop_verdict_every_state():
     bn = _bn_like()
     nf = [1.0 + 0.25 * (v - 0.5) for v in bn]  # same shape, other level and slope (scaled WS)
     none = [0.04 * 1.8 ** i for i in range(len(STAGES))]
     v = signal_prop.verdict(bn, nf, none, STAGES)
-    assert v["reproduced"] is True, v["measured"]
+    schema_ok(v)
+    assert v["state"] == R, v["measured"]
+    assert states(v) == {"exponential-without-bn": R, "linear-with-bn": R, "nf-mimics-bn": R}
+    assert all(q["source"] == "paper" for q in v["parts"]) and "x1.8/block" in v["headline"]
     flat = [1.0 + 0.01 * math.sin(i) for i in range(len(STAGES))]
-    assert signal_prop.verdict(bn, flat, none, STAGES)["reproduced"] is False   # NF does not mimic
-    assert signal_prop.verdict(bn, nf, bn, STAGES)["reproduced"] is False       # 'none' resets like BN
+    assert states(signal_prop.verdict(bn, flat, none, STAGES))["nf-mimics-bn"] == N    # NF does not mimic
+    linear = [1.0 + 0.5 * i for i in range(len(STAGES))]     # grows, but linearly: not exponential
+    fit = signal_prop.log_linear(linear)
+    assert fit["r2_linear"] == pytest.approx(1.0) and fit["r2_log"] < fit["r2_linear"]
+    assert states(signal_prop.verdict(bn, nf, linear, STAGES))["exponential-without-bn"] == N
+    slow = [1.02 ** i for i in range(len(STAGES))]           # exponential but below the minimum growth
+    assert states(signal_prop.verdict(bn, nf, slow, STAGES))["exponential-without-bn"] == N
+    assert signal_prop.log_linear(none)["factor"] == pytest.approx(1.8)
     no_reset = [0.5 + 0.1 * i for i in range(len(STAGES))]
-    assert signal_prop.verdict(no_reset, no_reset, none, STAGES)["reproduced"] is False  # BN must reset
+    assert states(signal_prop.verdict(no_reset, no_reset, none, STAGES))["linear-with-bn"] == N  # BN must reset
+    assert states(signal_prop.verdict(bn, nf, [float("inf")] * len(STAGES), STAGES))["exponential-without-bn"] == R
+    assert signal_prop.verdict(bn, nf[:-1], none, STAGES)["state"] == NA
 
 
 def test_signal_prop_stage_ids():
@@ -313,12 +346,24 @@ def test_loss_landscape_probe_restores_buffers_exactly():
         assert torch.equal(v, before[k]), k
 
 
-def test_loss_landscape_verdict():
+def test_loss_landscape_verdict_every_state():
     bn = {"loss_range": 0.2, "grad_dist_max": 1.5, "beta_eff": 6.0}
     ghost = {"loss_range": 1.0, "grad_dist_max": 6.0, "beta_eff": 10.0}
-    assert loss_landscape.verdict(bn, ghost)["reproduced"] is True
-    assert loss_landscape.verdict(ghost, bn)["reproduced"] is False
-    assert loss_landscape.verdict(bn, None)["reproduced"] is False
+    none = {"loss_range": 1.5, "grad_dist_max": 9.0, "beta_eff": 12.0}
+    v = loss_landscape.verdict(bn, ghost, none)
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"less-smooth": R, "like-baseline": R, "gradient-predictiveness": R}
+    assert [q["source"] for q in v["parts"]] == ["paper", "paper", "added"]
+    v = loss_landscape.verdict(ghost, bn, none)                     # GhostNorm smoother: refuted
+    assert states(v)["less-smooth"] == N and states(v)["gradient-predictiveness"] == N and v["state"] == N
+    close = {"loss_range": 0.22, "grad_dist_max": 1.6, "beta_eff": 6.0}   # 1.1x: under the minimum effect
+    v = loss_landscape.verdict(bn, close)
+    assert states(v)["less-smooth"] == I and v["state"] == I
+    assert states(loss_landscape.verdict(bn, ghost, {"loss_range": 0.1, "grad_dist_max": 2.0,
+                                                     "beta_eff": 6.0}))["like-baseline"] == N
+    assert states(loss_landscape.verdict(bn, ghost, None))["like-baseline"] == NA
+    assert states(loss_landscape.verdict(bn, ghost, {"loss_range": float("nan")}))["like-baseline"] == I
+    assert loss_landscape.verdict(bn, None)["state"] == NA
 
 
 # -- ghost-example ----------------------------------------------------------------------------------
@@ -331,8 +376,12 @@ def test_ghost_example_matches_paper_numbers():
     assert ghost_example.flipped_pairs(ghost_example.X, bn) == []
     assert ghost_example.flipped_pairs(ghost_example.X, ghost) == [(2, 5)]
     assert ghost[1] < ghost[4]
-    assert ghost_example.verdict(bn, ghost)["reproduced"] is True
-    assert ghost_example.verdict(ghost, bn)["reproduced"] is False
+    v = ghost_example.verdict(bn, ghost)
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"batchnorm": R, "ghostnorm": R}
+    assert states(ghost_example.verdict(ghost, bn)) == {"batchnorm": N, "ghostnorm": N}
+    assert ghost_example.verdict(bn, ghost, [1.0] * 8)["state"] == NA                      # custom values
+    assert ghost_example.verdict(bn, ghost, ghost_groups=4)["state"] == NA
     assert ghost_example.matches([0.74], ["0.7"]) == [True] and ghost_example.matches([0.76], ["0.7"]) == [False]
 
 
@@ -353,28 +402,54 @@ def test_ws_gradient_decomposition_is_exact():
     assert t["eq9"] > 0.01
 
 
-def test_ws_gradients_verdict():
-    ok = [{"eq8": 0.005, "eq9": 0.2, "rest": 0.795, "residual": 1e-7}] * 3
-    assert ws_gradients.verdict(ok)["reproduced"] is True
-    big = [{"eq8": 0.05, "eq9": 0.2, "rest": 0.75, "residual": 1e-7}]
-    assert ws_gradients.verdict(big)["reproduced"] is False
-    inexact = [{"eq8": 0.005, "eq9": 0.2, "rest": 0.7, "residual": 0.1}]
-    assert ws_gradients.verdict(inexact)["reproduced"] is False
-    assert ws_gradients.verdict(inexact, exact=False)["reproduced"] is True
-    # what a random gradient direction gives (eq. 8 and eq. 9 both ~1/I): small, but no verdict
-    chance = [{"eq8": 0.007, "eq9": 0.0075, "rest": 0.9855, "residual": 1e-7}]
-    assert ws_gradients.verdict(chance)["reproduced"] is False
-    assert ws_gradients.verdict(chance, ratio=1.0)["reproduced"] is True
+def _ws_recs(eq8, eq9=0.2, rest=None, residual=1e-7, n=4):
+    return [{"eq8": eq8 + 0.0001 * i, "eq9": eq9, "rest": rest if rest is not None else 1 - eq8 - eq9,
+             "residual": residual, "chance": 0.007} for i in range(n)]
 
 
-def test_ws_gradients_random_baseline_is_one_over_fan_in():
-    """E[(1/I)<W_hat, g>^2 / ||g||^2] = E[(1/I)<1, g>^2 / ||g||^2] = 1/I for an isotropic g."""
+def test_ws_gradients_verdict_every_state():
+    ok, null = _ws_recs(0.002), [{"eq8": 0.02 + 0.001 * i, "eq9": 0.1} for i in range(4)]
+    v = ws_gradients.verdict(ok, null)
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"eq8-small": R, "null-arm": R, "decomposition": R}
+    assert [q["source"] for q in v["parts"]] == ["paper", "added", "added"]
+    assert "invariant to scaling" in v["parts"][1]["claim"]
+    assert states(ws_gradients.verdict(_ws_recs(0.05), null))["eq8-small"] == N        # above the paper's bound
+    assert states(ws_gradients.verdict(_ws_recs(0.005, eq9=0.004), null))["eq8-small"] == N  # not below eq. 9's
+    # the null arm's share as small as WS's (the 2-SE interval inside the minimum effect): not WS's doing
+    same = [{"eq8": r["eq8"] + 0.0005, "eq9": 0.1} for r in ok]
+    v = ws_gradients.verdict(ok, same)
+    assert states(v)["null-arm"] == N and states(v)["eq8-small"] == R and v["state"] == N
+    noisy = [{"eq8": x, "eq9": 0.1} for x in (0.0, 0.05, 0.001, 0.04)]
+    v = ws_gradients.verdict(ok, noisy)
+    assert states(v)["null-arm"] == I and v["state"] == I
+    assert states(ws_gradients.verdict(ok, []))["null-arm"] == NA
+    inexact = _ws_recs(0.002, residual=0.1)
+    assert states(ws_gradients.verdict(inexact, null))["decomposition"] == N
+    assert "decomposition" not in states(ws_gradients.verdict(inexact, null, exact=False))
+    assert ws_gradients.verdict([], null)["state"] == NA
+
+
+def test_ws_gradients_null_shares_and_group_sums():
+    """The null arm's shares are cos^2(W_hat, g) and cos^2(1, g): 1/I on average for random g; under GN + WS the
+    group sums of <W_hat_c, grad_c> vanish (scale invariance of a group), single channels' do not."""
     torch.manual_seed(0)
-    w = torch.randn(8, 4, 3, 3, dtype=torch.float64)
-    w_hat = (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), unbiased=False, keepdim=True)
-    r = ws_gradients.random_shares(w_hat, 4000, torch.Generator().manual_seed(1))
-    assert r["chance"] == pytest.approx(1 / 36)
-    assert r["eq8"] == pytest.approx(1 / 36, rel=0.05) and r["eq9"] == pytest.approx(1 / 36, rel=0.05)
+    w = torch.randn(64, 4, 3, 3, dtype=torch.float64)
+    r = ws_gradients.direction_shares(w, torch.randn(64, 4, 3, 3, dtype=torch.float64))
+    assert r["chance"] == pytest.approx(1 / 36) and r["eq8"] == pytest.approx(1 / 36, rel=0.35)
+    assert ws_gradients.direction_shares(w, w)["eq8"] == pytest.approx(1.0 - 0.0, abs=0.05)  # g along W
+    from normtrain import norms
+    conv = norms.get("ws-gn", groups=2).conv(3, 8, 3, padding=1).double()
+    conv.eps = 0.0
+    gn = torch.nn.GroupNorm(2, 8, eps=0.0).double()  # exact invariance (eps 1e-5 leaves ~1e-7)
+    store = ws_gradients.capture([conv], 0.0)
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    (gn(conv(x)) * torch.randn(4, 8, 6, 6, dtype=torch.float64)).sum().backward()
+    w_hat, g_hat = store[conv], store[conv].grad
+    assert ws_gradients.group_sum_share(w_hat, g_hat, 2) < 1e-10
+    dots = (w_hat.detach() * g_hat).flatten(1).sum(1)
+    assert float(dots.abs().max()) > 1e-3                                  # single channels: not zero
+    assert ws_gradients.group_sum_share(w_hat, g_hat, 8) > 0.5             # one channel per group: no invariance
 
 
 # -- bn-cost ------------------------------------------------------------------------------------------
@@ -392,12 +467,19 @@ def test_bn_cost_attribution_counts_norm_forward_and_backward(tmp_path):
     assert none["share"] == 0 and none["norm_scopes"] == 0
 
 
-def test_bn_cost_verdict():
-    assert bn_cost.verdict({"bn": 0.24, "none": 0.0})["reproduced"] is True
-    assert bn_cost.verdict({"bn": 0.24, "wn": 0.05})["reproduced"] is True
-    assert bn_cost.verdict({"bn": 0.24, "wn": 0.3})["reproduced"] is False  # WN costs more: the premise fails
-    assert bn_cost.verdict({"bn": 0.05})["reproduced"] is False
-    assert bn_cost.verdict({"wn": 0.2})["reproduced"] is False
+def test_bn_cost_verdict_every_state():
+    v = bn_cost.verdict({"bn": 0.24, "wn": 0.05}, device="cpu", model="resnet18", size=32, batch=32)
+    schema_ok(v)
+    assert v["state"] == NA and states(v) == {"bn-quarter": NA, "wn-cheaper": NA}       # a GPU claim on a CPU
+    assert bn_cost.GPU_COMMAND in v["headline"] and bn_cost.GPU_COMMAND in v["parts"][0]["measured"]
+    assert "--set device=cuda" in bn_cost.GPU_COMMAND and "model=resnet50" in bn_cost.GPU_COMMAND
+    paper = dict(device="cuda", model="resnet50", size=224, batch=64)
+    assert bn_cost.verdict({"bn": 0.24, "wn": 0.05}, **paper)["state"] == R
+    assert states(bn_cost.verdict({"bn": 0.24, "wn": 0.3}, **paper))["wn-cheaper"] == N  # WN costs more
+    assert bn_cost.verdict({"bn": 0.05}, **paper)["state"] == N
+    small = bn_cost.verdict({"bn": 0.24, "wn": 0.05}, device="cuda", model="resnet18", size=32, batch=32)
+    assert small["state"] == I and bn_cost.GPU_COMMAND in small["parts"][0]["measured"]   # another size
+    assert bn_cost.verdict({"wn": 0.2})["state"] == NA
 
 
 # -- output-norms -------------------------------------------------------------------------------------
@@ -407,33 +489,56 @@ def test_output_norms_drift_and_verdict():
     assert d["r_start"] == pytest.approx(0.1) and d["r_end"] == pytest.approx(0.5)
     assert d["ratio_change"] == pytest.approx(4.0)
     steady = output_norms.drift([1.0, 2.0], [3.0, 6.6])
-    assert output_norms.verdict(d, steady)["reproduced"] is True
-    assert output_norms.verdict(steady, steady)["reproduced"] is False   # WN keeps the ratio
-    assert output_norms.verdict(d, d)["reproduced"] is False             # the BN control drifts too
-    assert output_norms.verdict(d, None)["reproduced"] is False          # no control, no verdict
-    assert output_norms.verdict(None, steady)["reproduced"] is False
+    v = output_norms.verdict(d, steady)
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"wn-drift": R, "bn-control": R}
+    assert states(output_norms.verdict(steady, steady)) == {"wn-drift": N, "bn-control": R}  # WN keeps the ratio
+    assert states(output_norms.verdict(d, d)) == {"wn-drift": R, "bn-control": N}            # the control drifts
+    assert output_norms.verdict(d, None)["state"] == NA                                     # no control, no verdict
+    assert output_norms.verdict(None, steady)["state"] == NA
 
 
 # -- wn-generalization --------------------------------------------------------------------------------
 
-def _wng(wn_train, wn_test, drop_test, wd_test):
-    bn = {"train_loss": [0.10, 0.11, 0.12], "test_top1": [96.0, 96.5, 97.0]}
-    return {"bn": bn, "wn": {"train_loss": wn_train, "test_top1": wn_test},
-            "wn+dropout": {"train_loss": [0.3] * 3, "test_top1": drop_test},
-            "wn+wd": {"train_loss": [0.05] * 3, "test_top1": wd_test}}
+def _wng(wn_train, wn_test, drop_test, wd_test, converged=True, bn_train=(96.0, 96.5, 97.0)):
+    conv = [converged] * 3
+    bn = {"train_top1": list(bn_train), "train_loss": [0.1] * 3, "test_top1": [96.0, 96.5, 97.0], "converged": conv}
+    return {"bn": bn, "wn": {"train_top1": wn_train, "train_loss": [0.05] * 3, "test_top1": wn_test,
+                             "converged": conv},
+            "wn+dropout": {"train_top1": [90.0] * 3, "train_loss": [0.3] * 3, "test_top1": drop_test,
+                           "converged": conv},
+            "wn+wd": {"train_top1": [97.0] * 3, "train_loss": [0.05] * 3, "test_top1": wd_test, "converged": conv}}
 
 
-def test_wn_generalization_verdict():
-    low, worse = [0.02, 0.03, 0.025], [90.0, 91.0, 90.5]
-    assert wn_generalization.verdict(_wng(low, worse, worse, worse), ["wn"])["reproduced"] is True
-    assert wn_generalization.verdict(_wng([0.3, 0.31, 0.32], worse, worse, worse), ["wn"])["reproduced"] is False
+def test_wn_generalization_verdict_every_state():
+    better, worse = [99.0, 99.2, 99.1], [90.0, 91.0, 90.5]
+    v = wn_generalization.verdict(_wng(better, worse, worse, worse), ["wn"])
+    schema_ok(v)
+    assert v["state"] == R and all(q["source"] == "paper" for q in v["parts"])
+    assert states(v) == {"wn: trains-better": R, "wn: tests-worse": R, "wn: dropout-no-help": R, "wn: wd-no-help": R}
     same = [96.0, 96.5, 97.0]
-    assert wn_generalization.verdict(_wng(low, same, worse, worse), ["wn"])["reproduced"] is False  # no test gap
-    assert wn_generalization.verdict(_wng(low, worse, same, worse), ["wn"])["reproduced"] is False  # dropout closes it
-    assert wn_generalization.verdict(_wng(low, worse, worse, [97.0, 97.5, 97.2]), ["wn"])["reproduced"] is False
+    assert states(wn_generalization.verdict(_wng(better, same, worse, worse), ["wn"]))["wn: tests-worse"] == N
+    assert states(wn_generalization.verdict(_wng(better, worse, same, worse), ["wn"]))["wn: dropout-no-help"] == N
+    assert states(wn_generalization.verdict(_wng(better, worse, worse, [99.0, 99.5, 99.2]),
+                                            ["wn"]))["wn: wd-no-help"] == N              # weight decay closes it
     noisy = [80.0, 97.5, 97.9]  # lower on average, inside the seeds' noise
-    assert wn_generalization.verdict(_wng(low, noisy, worse, worse), ["wn"])["reproduced"] is False
-    assert wn_generalization.verdict({"wn": {}}, ["wn"])["reproduced"] is False
+    v = wn_generalization.verdict(_wng(better, noisy, worse, worse), ["wn"])
+    assert states(v)["wn: tests-worse"] == I and "detectable" in v["parts"][1]["measured"]
+    # a weight decay that cannot act at this size is flagged, not compared
+    v = wn_generalization.verdict(_wng(better, worse, worse, worse), ["wn"], wd_acts=False, wd_text="0.2%")
+    assert states(v)["wn: wd-no-help"] == I and "cannot act" in v["parts"][3]["measured"]
+    # not converged: every accuracy part is inconclusive
+    v = wn_generalization.verdict(_wng(better, worse, worse, worse, converged=False), ["wn"])
+    assert set(states(v).values()) == {I} and "not converged" in v["parts"][1]["measured"]
+    # both at the ceiling of the training split: "trains better" cannot be decided
+    top = [100.0] * 3
+    v = wn_generalization.verdict(_wng(top, worse, worse, worse, bn_train=top), ["wn"])
+    assert states(v)["wn: trains-better"] == I and "memorized" in v["parts"][0]["measured"]
+    assert states(wn_generalization.verdict(_wng([90.0, 90.5, 91.0], worse, worse, worse),
+                                            ["wn"]))["wn: trains-better"] == N
+    assert wn_generalization.verdict({"wn": {}}, ["wn"])["state"] == NA
+    assert wn_generalization.min_effect(360, 5, 0.5) == pytest.approx(500 / 360)
+    assert wn_generalization.min_effect(10000, 5, 0.5) == 0.5
 
 
 def test_wn_generalization_configs():
@@ -451,10 +556,13 @@ def test_wn_generalization_configs():
 def test_ghost_equivalence_verdict():
     same = {"ghost~accumulation": 1e-15, "ghost~ddp": 2e-15, "accumulation~ddp": 0.0}
     other = {"ghost~bn": 0.3, "accumulation~bn": 0.3, "ddp~bn": 0.3}
-    assert ghost_equivalence.verdict({**same, **other})["reproduced"] is True
-    assert ghost_equivalence.verdict({**same, "ghost~ddp": 1e-3, **other})["reproduced"] is False  # they differ
-    assert ghost_equivalence.verdict({**same, **other, "ddp~bn": 1e-9})["reproduced"] is False   # = full-batch BN
-    assert ghost_equivalence.verdict(same)["reproduced"] is False
+    v = ghost_equivalence.verdict({**same, **other})
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"accumulation": R, "multi-gpu": R, "not-full-batch": R}
+    assert states(ghost_equivalence.verdict({**same, "ghost~ddp": 1e-3, **other}))["multi-gpu"] == N  # they differ
+    assert states(ghost_equivalence.verdict({**same, "ghost~accumulation": 1e-3, **other}))["accumulation"] == N
+    assert states(ghost_equivalence.verdict({**same, **other, "ddp~bn": 1e-9}))["not-full-batch"] == N  # = full BN
+    assert ghost_equivalence.verdict(same)["state"] == NA
 
 
 def test_ghost_equivalence_local_implementations_agree(tmp_path):
@@ -479,17 +587,22 @@ def test_ghost_equivalence_local_implementations_agree(tmp_path):
 
 # -- ws-curves -------------------------------------------------------------------------------------------------
 
-def test_ws_curves_verdict():
-    ordered = {"gn": [1.0, 1.05, 0.95], "gn+eq6": [0.8, 0.82, 0.78], "gn+eq5": [0.3, 0.32, 0.28],
-               "gn+ws": [0.2, 0.21, 0.19]}
-    assert ws_curves.verdict(ordered)["reproduced"] is True
-    no_eq6 = {**ordered, "gn+eq6": [1.0, 1.05, 0.95]}
-    assert ws_curves.verdict(no_eq6)["reproduced"] is False        # eq. 6 does not help without eq. 5
+def test_ws_curves_verdict_every_state():
+    ordered = {"gn": [1.0, 1.05, 0.95], "gn+eq6": [0.8, 0.86, 0.74], "gn+eq5": [0.3, 0.33, 0.28],
+               "gn+ws": [0.2, 0.22, 0.19]}
+    v = ws_curves.verdict(ordered)
+    schema_ok(v)
+    assert v["state"] == R and states(v) == {"eq6-without-eq5": R, "eq6-with-eq5": R, "eq5-major": R}
+    assert "detect gaps >=" in v["headline"]
+    no_eq6 = {**ordered, "gn+eq6": [1.001, 1.051, 0.949]}             # shown equal: eq. 6 does not help
+    assert states(ws_curves.verdict(no_eq6))["eq6-without-eq5"] == N
     eq6_major = {**ordered, "gn+eq6": [0.25, 0.26, 0.24]}
-    assert ws_curves.verdict(eq6_major)["reproduced"] is False     # eq. 6 helps more than eq. 5
-    noisy = {**ordered, "gn+ws": [0.01, 0.5, 0.25]}
-    assert ws_curves.verdict(noisy)["reproduced"] is False         # below on average, inside the noise
-    assert ws_curves.verdict({"gn": [1.0]})["reproduced"] is False
+    assert states(ws_curves.verdict(eq6_major))["eq5-major"] == N       # eq. 6 helps more than eq. 5
+    noisy = {**ordered, "gn+ws": [0.01, 0.5, 0.25]}                     # paired gaps +0.29, -0.17, +0.03
+    v = ws_curves.verdict(noisy)
+    assert states(v)["eq6-with-eq5"] == I and v["state"] == I
+    assert "detectable" in v["parts"][1]["measured"]
+    assert ws_curves.verdict({"gn": [1.0]})["state"] == NA
     assert ws_curves.final_loss([5.0, 4.0, 2.0, 1.0], 0.5) == pytest.approx(1.5)
 
 
@@ -511,20 +624,24 @@ def _nf_ok():
     return sp, stages
 
 
-def test_nf_ablation_verdict():
+def test_nf_ablation_verdict_every_state():
     sp, stages = _nf_ok()
-    assert nf_ablation.verdict(sp, stages)["reproduced"] is True, nf_ablation.verdict(sp, stages)["measured"]
+    v = nf_ablation.verdict(sp, stages)
+    schema_ok(v)
+    assert v["state"] == R, v["measured"]
+    assert [q["source"] for q in v["parts"]] == ["paper", "paper", "added", "added", "paper"]
     bad = dict(sp, nf=_spp(sp["nf"]["var"], [0.5] * 7, sp["nf"]["res_var"]))
-    assert nf_ablation.verdict(bad, stages)["reproduced"] is False   # scaled WS does not zero the mean
+    assert states(nf_ablation.verdict(bad, stages))["nf"] == N            # scaled WS does not zero the mean
     bad = dict(sp, **{"nf-no-sws": sp["nf"]})
-    assert nf_ablation.verdict(bad, stages)["reproduced"] is False   # removing scaled WS changes nothing
+    assert states(nf_ablation.verdict(bad, stages))["nf-no-sws"] == N     # removing scaled WS changes nothing
     bad = dict(sp, **{"nf-no-beta": sp["nf"]})
-    assert nf_ablation.verdict(bad, stages)["reproduced"] is False   # still resets without beta
+    assert states(nf_ablation.verdict(bad, stages))["nf-no-beta"] == N    # still resets without beta
     bad = dict(sp, **{"he-only": sp["bn-relu"]})
-    assert nf_ablation.verdict(bad, stages)["reproduced"] is False   # He init alone does not grow
+    assert states(nf_ablation.verdict(bad, stages))["he-only"] == N       # He init alone does not grow
     bad = dict(sp, **{"relu-bn": sp["bn-relu"], "bn-relu": sp["relu-bn"]})
-    assert nf_ablation.verdict(bad, stages)["reproduced"] is False   # NF closer to BN -> ReLU
-    assert nf_ablation.verdict({"nf": sp["nf"]}, stages)["reproduced"] is False
+    v = nf_ablation.verdict(bad, stages)
+    assert states(v)["relu-bn-order"] == N and v["state"] == N           # NF closer to BN -> ReLU
+    assert nf_ablation.verdict({"nf": sp["nf"]}, stages)["state"] == NA
 
 
 def test_nf_ablation_networks():
@@ -555,13 +672,18 @@ def test_nf_ablation_networks():
 
 # -- shared helpers ------------------------------------------------------------------------------------------------
 
-def test_common_below_and_mean_std():
+def test_common_mean_std_paired_difference_and_not_judged():
     assert common.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    assert common.below([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])["shown"] is True
-    assert common.below([1.0, 3.0, -1.0], [1.5, 1.6, 1.4])["shown"] is False   # inside the noise
-    assert common.below([2.0], [1.0])["shown"] is False
-    v = common.verdict("c", "k", "first part; second", True)
-    assert v["headline"] == "first part"
+    # the same per-seed offset is shown paired, while unpaired the seeds' spread hides it
+    a, b = [1.0, 2.0, 3.0], [1.1, 2.1, 3.1]
+    assert not common.difference(b, a, 0.05)["shown"] and common.paired_difference(b, a, 0.05)["shown"]
+    d = common.paired_difference([1.0, 1.5, 0.5], [0.0, 0.0, 0.0], 0.1)
+    assert d["gap"] == pytest.approx(1.0) and d["se"] == pytest.approx(0.5 / math.sqrt(3))
+    assert "(shown)" in common.shown_text(common.paired_difference(b, a, 0.05))
+    assert "not shown: detectable" in common.shown_text(common.difference([1.0, 3.0], [0.0, 2.0], 0.1))
+    v = common.not_judged("claim", "why")
+    schema_ok(v)
+    assert v["state"] == NA and v["headline"] == "not judged: why"
 
 
 # -- dyt-tanh-shape -----------------------------------------------------------------------------------------

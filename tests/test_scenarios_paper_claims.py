@@ -1,7 +1,7 @@
 """Scenarios ws-hessian, ws-micro-batch, ghost-ranking, wn-small-net, trelu-wn-instability, residual-scalings:
 each verdict in every state it can reach, on constructed inputs, and the pieces they measure with
 (Hessian identities, gradient accumulation, SPP shapes, plateau with noise, block norms). Their end-to-end
-runs at a smoke size are in test_scenarios.py (SMOKE)."""
+runs, at their defaults, are in test_scenario_rerun.py (compared with docs/scenarios/verdicts.json)."""
 import math
 
 import pytest

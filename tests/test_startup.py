@@ -158,3 +158,100 @@ def test_light_stand_in_keeps_what_needs_no_torch(tmp_path, monkeypatch):
         assert "normtrain.fake_heavy" not in sys.modules  # the real name is never taken
     finally:
         sys.modules.pop(static.PREFIX + "normtrain.fake_heavy", None)
+
+
+
+# -- issue 17: bad input that used to import torch or end in a traceback ------------------------
+# All in one interpreter (`run_many`): each command's exit code and stderr, and at the end whether any
+# of them imported torch.
+
+MANY = r"""
+import contextlib, io, json, sys
+from normtrain.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = main(args)
+        except SystemExit as e:
+            rc = e.code
+    results.append({"rc": rc, "err": err.getvalue()})
+heavy = sorted(m for m in ("torch", "numpy", "matplotlib", "torchvision") if m in sys.modules)
+print("\n@@" + json.dumps({"results": results, "heavy": heavy}))
+"""
+
+
+def run_many(commands):
+    p = subprocess.run([sys.executable, "-c", MANY, json.dumps([list(map(str, c)) for c in commands])],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    last = p.stdout.rstrip("\n").split("\n")[-1]
+    assert last.startswith("@@"), p.stderr
+    res = json.loads(last[2:])
+    return res["results"], res["heavy"]
+
+
+BAD17 = [
+    (["--set", "model.options={widths: [3.5]}"], "model.options.widths of model 'mlp': expected a non-empty list"),
+    (["--set", "model.options={widths: [1e3]}"], "model.options.widths of model 'mlp': expected a non-empty list"),
+    (["--set", "model.options={widths: abc}"], "model.options.widths of model 'mlp': expected a non-empty list"),
+    (["--set", "model.options={widths: [512, 0]}"], "model.options.widths"),
+    (["--set", "model.name=linear50", "--set", "model.options={depth: 2.5}"], "expected a positive integer"),
+    (["--set", "model.options={nope: 1}"], "model 'mlp' has no option 'nope'"),
+    (["--norm", "gn", "--set", "norm.groups=7"], "does not divide the width(s) 300, 512 of model mlp"),
+    (["--norm", "seqnorm", "--set", "model.name=resnet20", "--set", "model.options={}", "--set", "norm.groups=32"],
+     "does not divide the width(s) 16 of model resnet20"),
+    (["--set", "model.options={widths: &a [1, *a]}"], "a YAML alias refers to a value that contains it"),
+    (["--set", "model.options={a: 1, a: 2}"], "duplicate key 'a'"),
+    (["--recipe", ""], "--recipe: empty"),
+    (["--recipe", "recipes/"], "recipe file not found: recipes/ (not a regular file)"),
+    (["--nnodes", "abc"], "--nnodes: expected a positive integer N or MIN:MAX"),
+    (["--nnodes", "0"], "--nnodes: expected 1 <= MIN <= MAX"),
+    (["--nnodes", "1:2:4"], "--nnodes: expected a positive integer N or MIN:MAX"),
+    (["--nnodes", "2", "--node-rank", "2"], "--node-rank 2: expected 0 <= K < 2"),
+    (["scenario", "linear50-wn", "--set", "methods=[bn]"], "the verdict compares wn with bn and none; add wn, none"),
+    (["scenario", "linear50-wn", "--set", "depth=100000000"], "depth: 100000000 is out of range"),
+    (["scenario", "loss-landscape", "--set", "batch_size=10000000"], "batch_size: 10000000 is out of range"),
+]
+
+
+def test_issue_17_usage_errors_are_one_line_without_torch(tmp_path):
+    out = tmp_path / "o"
+    results, heavy = run_many([[*args, "--out", out] for args, _ in BAD17])
+    for (args, message), r in zip(BAD17, results):
+        assert r["rc"] == 2 and message in r["err"] and r["err"].count("\n") == 1, (args, r)
+    assert heavy == [] and not out.exists()
+
+
+BAD_FILES = {
+    "not-utf8.yaml": (b"description: \"\xff\xfe\"\n", "not UTF-8 text"),
+    "alias.yaml": (b"model:\n  options:\n    widths: &a [1, *a]\n", "a YAML alias refers to a value that contains it"),
+    "laughs.yaml": (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n".encode() for p, c in zip("abcde", "bcdef")),
+        "values once its aliases are expanded"),
+    "dup.yaml": (b"train:\n  epochs: 2\n  epochs: 3\n", "duplicate key 'epochs' at line 3"),
+    "list.yaml": (b"- 1\n- 2\n", "a recipe must be a mapping of sections"),
+}
+
+
+def test_bad_recipe_files_are_one_line_without_torch(tmp_path):
+    for name, (content, _) in BAD_FILES.items():
+        (tmp_path / name).write_bytes(content)
+    results, heavy = run_many([["--recipe", tmp_path / name, "--out", tmp_path / "o"] for name in BAD_FILES])
+    for (name, (_, message)), r in zip(BAD_FILES.items(), results):
+        assert r["rc"] == 2 and message in r["err"] and r["err"].count("\n") == 1, (name, r)
+    assert heavy == [] and not (tmp_path / "o").exists()
+
+
+def test_outputs_that_cannot_be_written_are_exit_5_before_any_work(tmp_path):
+    """--out a file, or below a file, for every scenario; doctor's --out in a missing folder: one line,
+    exit 5, before torch is even imported (issue 17 points 15 and 17)."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    cases = [(["scenario", name, "--out", out], message) for name in scenarios.names()
+             for out, message in ((f, "exists and is not a directory"), (f / "below", f"{f} is a file, not a folder"))]
+    cases.append((["doctor", "--out", tmp_path / "missing" / "doctor.json"], "does not exist"))
+    results, heavy = run_many([c for c, _ in cases])
+    for (args, message), r in zip(cases, results):
+        assert r["rc"] == 5 and message in r["err"] and r["err"].count("\n") == 1, (args, r)
+    assert heavy == [] and f.read_text() == "x"

@@ -84,7 +84,7 @@ from typing import Iterator
 import torch
 
 from .. import dist
-from ..errors import UsageError
+from ..errors import UsageError, readable
 from . import autoaug, imagefolder
 from .augment import cutout
 from .base import Batch, DataContext, Loader, batch_generator, eval_shard, require_batches, train_batches_per_epoch
@@ -262,6 +262,12 @@ class DALILoader(Loader):
     def __init__(self, cfg, split: str, ctx: DataContext):
         require()
         idx = imagefolder.index(cfg, split)
+        for f in idx.files:  # DALI takes file names as UTF-8 text; the folder backend reads any name
+            try:
+                f.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"file name {readable(f)} is not UTF-8, which DALI cannot open: rename it, or "
+                                 "use data.backend=folder") from None
         self.cfg, self.ctx = cfg, ctx
         self.spec = imagefolder.image_pipeline(cfg)
         self.files, self.labels, self.split_dir = idx.files, idx.labels, idx.split_dir

@@ -25,6 +25,7 @@ on ``ctx.device``, int64 labels).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 from typing import Iterator
@@ -43,10 +44,18 @@ _TV_FORMATS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
 def decode(path: str) -> torch.Tensor:
-    """uint8 RGB CHW tensor of the image at `path`."""
+    """uint8 RGB CHW tensor of the image at `path`.
+
+    Its header is checked first (`imagefolder.check_header`: a regular file of at most MAX_PIXELS
+    pixels). The bytes are read by Python, so any file name works (torchvision's read_file takes
+    UTF-8 names only)."""
     import torchvision.io as tio
+    imagefolder.check_header(path)
     if path.lower().endswith(_TV_FORMATS):
-        img = tio.decode_image(tio.read_file(path), mode=tio.ImageReadMode.RGB)
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(data)
+        img = tio.decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=tio.ImageReadMode.RGB)
         if img.dtype != torch.uint8:  # 16-bit PNG
             from torchvision.transforms.v2.functional import to_dtype
             img = to_dtype(img, torch.uint8, scale=True)
@@ -237,10 +246,11 @@ class FolderLoader(Loader):
             if bad:
                 if not self.cfg.skip_corrupt:
                     b = bad[0]
-                    raise UsageError(f"cannot decode image {b.path} ({b.reason}); remove or replace it, "
-                                     f"or set data.skip_corrupt=true to skip unreadable images")
+                    raise UsageError(f"cannot decode image {imagefolder.readable(b.path)} ({b.reason}); remove or "
+                                     f"replace it, or set data.skip_corrupt=true to skip unreadable images")
                 for b in bad:
-                    warnings.warn(f"data.skip_corrupt: dropped unreadable image {b.path} ({b.reason})", stacklevel=2)
+                    warnings.warn(f"data.skip_corrupt: dropped unreadable image {imagefolder.readable(b.path)} "
+                                  f"({b.reason})", stacklevel=2)
                 if x is None:
                     continue
             x = x.to(ctx.device, non_blocking=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, readable
 
 #: File extensions taken as images (case-insensitive); the formats both backends decode.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
@@ -52,8 +52,37 @@ RRC_RATIO = (3 / 4, 4 / 3)
 SORT_HINT = "sort the validation images into class folders with tools/sort_imagenet_val.py"
 
 
+#: Largest image decoded, in pixels (width x height), read from the file's header before decoding: PIL's
+#: decompression-bomb limit (about 89 M pixels, e.g. 9450 x 9450). A file claiming more is treated as corrupt
+#: (a 20000 x 20000 PNG of a few KB would otherwise allocate gigabytes in a decoder).
+MAX_PIXELS = 89_478_485
+_quiet = False
+
+
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def check_header(path: str) -> None:
+    """ValueError if `path` is not a regular file or its header claims more than `MAX_PIXELS` pixels.
+
+    Reads the header only (PIL opens lazily), so a decompression bomb is refused before any decoder
+    allocates its pixels."""
+    from PIL import Image
+    if not os.path.isfile(path):
+        raise ValueError("not a regular file")
+    global _quiet
+    if not _quiet:  # PIL warns (1-2x its limit) or raises (beyond): both are our error below instead
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _quiet = True
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:  # beyond twice PIL's limit
+        raise ValueError(f"{e} (a corrupt file or a decompression bomb)") from None
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"its header claims {w} x {h} pixels, more than the {MAX_PIXELS} an image may have "
+                         "(a corrupt file or a decompression bomb)")
 
 
 def looks_like(path: Path) -> bool:
@@ -137,11 +166,14 @@ def _subdirs(path: Path) -> list:
         raise UsageError(f"cannot list {path}: {e.strerror}") from None
 
 
-def _list_images(folder: Path) -> list:
+def _list_images(folder: Path) -> tuple[list, list]:
+    """(regular files, other entries) named like images in `folder`: a FIFO, socket or device named x.jpg
+    is never opened (reading it could block for ever)."""
     try:
-        return sorted(e.name for e in os.scandir(folder) if is_image_file(e.name) and not e.is_dir())
+        entries = [e for e in os.scandir(folder) if is_image_file(e.name) and not e.is_dir()]
+        return sorted(e.name for e in entries if e.is_file()), sorted(e.name for e in entries if not e.is_file())
     except OSError as e:
-        raise UsageError(f"cannot list {folder}: {e.strerror}") from None
+        raise UsageError(f"cannot list {readable(folder)}: {e.strerror}") from None
 
 
 def _names(items, limit=8) -> str:
@@ -214,6 +246,7 @@ def check_image(path: str):
     """None if PIL decodes `path` (JPEG at 1/8 scale, cheap), else the reason."""
     from PIL import Image
     try:
+        check_header(path)
         with Image.open(path) as im:
             im.draft("RGB", (1, 1))  # JPEG: decode at the smallest DCT scale; other formats: full decode
             im.load()
@@ -249,30 +282,36 @@ def index(cfg, split: str) -> FolderIndex:
     classes = classes_of(root, cfg)
     held_out = cfg.val_split > 0 and split != "test"
     split_dir = root / ("train" if held_out or split == "train" else "val")
-    files, labels = [], []
+    files, labels, special = [], [], []
     for label, name in enumerate(classes):
         folder = split_dir / name
         if not folder.is_dir():  # val_split: val/ is not used; otherwise classes_of checked the names
-            raise UsageError(f"{folder} is missing")
-        names = _list_images(folder)
+            raise UsageError(f"{readable(folder)} is missing")
+        names, others = _list_images(folder)
+        special += [str(folder / f) for f in others]
         if not names:
-            raise UsageError(f"{folder} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            raise UsageError(f"{readable(folder)} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
         files += [str(folder / f) for f in names]
         labels += [label] * len(names)
+    if special and not cfg.skip_corrupt:
+        raise UsageError(f"{readable(special[0])} is named like an image but is not a regular file (a FIFO, socket "
+                         f"or device){f' (+{len(special) - 1} more)' if len(special) > 1 else ''}; remove it, or "
+                         "set data.skip_corrupt=true to skip it")
     if held_out:
         tr, va = stratified_holdout(np.array(labels), cfg.val_split)
         keep = tr if split == "train" else va
         files = [files[i] for i in keep]
         labels = [labels[i] for i in keep]
-    skipped = []
+    skipped = [(f, "not a regular file") for f in special]
     if cfg.skip_corrupt:
-        skipped, _ = scan(files, threads=max(cfg.workers, os.cpu_count() or 1))
+        bad, _ = scan(files, threads=max(cfg.workers, os.cpu_count() or 1))
+        skipped += bad
         if skipped:
             bad = {p for p, _ in skipped}
             kept = [(f, lab) for f, lab in zip(files, labels) if f not in bad]
             files, labels = [f for f, _ in kept], [lab for _, lab in kept]
-            warnings.warn(f"data.skip_corrupt: skipped {len(skipped)} unreadable image(s) in {split_dir} "
-                          f"(first: {skipped[0][0]}: {skipped[0][1]})", stacklevel=2)
+            warnings.warn(f"data.skip_corrupt: skipped {len(skipped)} unreadable image(s) in {readable(split_dir)} "
+                          f"(first: {readable(skipped[0][0])}: {skipped[0][1]})", stacklevel=2)
     return FolderIndex(root, split_dir, classes, files, labels, skipped)
 
 
@@ -285,7 +324,7 @@ def corrupt_error(files, split_dir, detail: str = "", time_limit: float = 120.0)
     hint = "remove or replace it, or set data.skip_corrupt=true to skip unreadable images"
     if bad:
         more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
-        return UsageError(f"cannot decode image {bad[0][0]} ({bad[0][1]}){more}; {hint}")
+        return UsageError(f"cannot decode image {readable(bad[0][0])} ({bad[0][1]}){more}; {hint}")
     where = "" if complete else f" (PIL scan of {split_dir} stopped after {time_limit:.0f}s)"
     detail = f": {detail}" if detail else ""
     return UsageError(f"an image in {split_dir} could not be decoded{detail}{where}; "

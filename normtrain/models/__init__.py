@@ -14,6 +14,7 @@ through the entry-point group ``normtrain.networks`` instead of the line (README
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Sequence
 
 from ..errors import UsageError
@@ -51,14 +52,83 @@ def names() -> list[str]:
     return NETWORKS.names()
 
 
+#: Channel counts at which each built-in network builds its normalization layers, from its options.
+#: Read without torch (`preflight`): a norm.groups that does not divide one of them is bad input before
+#: anything heavy is loaded (a network not listed, e.g. an installed one, is checked when it is built).
+#: tests/test_models.py checks every entry against the built network.
+_RESNET_WIDTHS = {64, 128, 256, 512, 1024, 2048}
+NORM_WIDTHS = {
+    "mlp": lambda widths=(512, 300), **_: set(widths),
+    "linear50": lambda depth=50, width=64, **_: {width} if depth > 1 else set(),
+    "cifar10-nv": lambda **_: {128, 256},
+    "resnet18": lambda **_: {64, 128, 256, 512},
+    "resnet50": lambda **_: set(_RESNET_WIDTHS),
+    "resnet101": lambda **_: set(_RESNET_WIDTHS),
+    "resnext50-32x4d": lambda **_: set(_RESNET_WIDTHS),
+    "resnext101-32x4d": lambda **_: set(_RESNET_WIDTHS),
+    "preact-resnet50": lambda **_: set(_RESNET_WIDTHS),
+    "nf-resnet50": lambda **_: set(),
+    "resnet8": lambda **_: {16, 32, 64},
+    "resnet20": lambda **_: {16, 32, 64},
+    "resnet56": lambda **_: {16, 32, 64},
+    "wrn28-10": lambda **_: {16, 160, 320, 640},
+    "vit-b16": lambda **_: {768},
+    "vit-s16": lambda **_: {384},
+    "vit-tiny-digits": lambda **_: {64},
+    "convnext-tiny": lambda **_: {96, 192, 384, 768},
+}
+
+#: Upper bound of an integer size option (a width or depth far beyond any network).
+MAX_SIZE = 1 << 24
+
+
+def signature(name: str) -> inspect.Signature:
+    """The signature of network `name`'s builder, read from its source without importing torch."""
+    from .. import static
+    module, attr = NETWORKS.source(name)
+    try:
+        fn = getattr(static.light(module), attr, None) if attr else None
+    except Exception:  # noqa: BLE001 - no source to read (an installed, compiled network): import it
+        fn = None
+    return inspect.signature(fn if callable(fn) else NETWORKS[name])
+
+
 def check_options(name: str, options: dict) -> None:
-    """UsageError if network `name`'s builder does not take one of `options` (model.options / dropout)."""
-    params = inspect.signature(NETWORKS[name]).parameters
+    """UsageError if network `name`'s builder does not take one of `options` (model.options / dropout), or a
+    value is not of its default's kind: sizes positive integers, lists of them non-empty, switches true/false.
+
+    Imports no torch: the builder's signature is read from its source."""
+    params = signature(name).parameters
     unknown = sorted(k for k in options if k not in params)
     if unknown:
         allowed = [p for p in params if p not in ("norm", "num_classes", "in_shape")]
         raise UsageError(f"model '{name}' has no option '{unknown[0]}'; it takes: {', '.join(allowed) or 'none'} "
                          f"(after changing model.name, clear the old network's options with --set model.options={{}})")
+    for key, value in options.items():
+        default = params[key].default
+        where = f"model.options.{key} of model '{name}'"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UsageError(f"{where}: expected true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+                raise UsageError(f"{where}: expected a positive integer (at most {MAX_SIZE}), got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"{where}: expected a number, got {value!r}")
+            if key.endswith("dropout") and not 0 <= value < 1:
+                raise UsageError(f"{where}: expected a probability in [0, 1), got {value!r}")
+        elif isinstance(default, (tuple, list)):
+            if not isinstance(value, (list, tuple)) or not value or any(
+                    isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIZE for v in value):
+                raise UsageError(f"{where}: expected a non-empty list of positive integers (at most {MAX_SIZE}), "
+                                 f"got {value!r}")
+
+
+def norm_widths(name: str, options: dict) -> set[int] | None:
+    """The channel counts network `name` normalizes with these options (`NORM_WIDTHS`), None if not declared."""
+    widths = NORM_WIDTHS.get(name)
+    return None if widths is None else widths(**options)
 
 
 def build(name: str, norm, num_classes: int, in_shape: Sequence[int] = (3, 224, 224),
@@ -105,5 +175,5 @@ def wire_residual_blocks(model: nn.Module, bundle, name: str, drop_path: float =
         block.join = bundle.residual_join(block.join, i, len(blocks), rates[i])
 
 
-__all__ = ["NETWORKS", "SCHEMES", "build", "check_options", "names", "initialize", "residual_blocks", "signal_prop",
+__all__ = ["NETWORKS", "NORM_WIDTHS", "SCHEMES", "build", "check_options", "names", "norm_widths", "signature", "initialize", "residual_blocks", "signal_prop",
            "wire_residual_blocks"]

@@ -1,15 +1,24 @@
 """Weight initialisation schemes selectable in a recipe (`model.init`).
 
-- ``kaiming``: He normal, fan_out, for ReLU (torchvision's ResNet default).
+- ``kaiming``: torchvision's ResNet init: He normal, fan_out, for ReLU on every
+  convolution; Linear layers (the classifier, MLP layers) keep PyTorch's own
+  default (weight and bias uniform(+-1/sqrt(fan_in))), as torchvision leaves its
+  ``fc`` (ResNet-50's classifier std ~0.013; He fan_out there would give
+  sqrt(2/classes), 0.45 for 10 classes, and an initial loss far above ln(classes)).
+  Torchvision's convolutions have no bias; ours (``none``) start at 0. Its
+  optional zero-init of each block's last BN gamma is ``model.options:
+  {zero_init_residual: true}``, off by default as there.
 - ``xavier``: Glorot uniform (Gitman & Ginsburg §4.2 "Weights were initialized
   using Xavier initialization").
 - ``caffe-xavier``: Caffe's "xavier" filler, uniform(±sqrt(3 / fan_in)) (DESIGN
   §4: not PyTorch's xavier; used by cifar10-nv).
 - ``default``: leave PyTorch's per-layer defaults.
 
-Biases start at 0. Only the raw weight tensor of conv/linear layers is touched
-(``weight`` or, for reparametrised layers, ``weight_v``), so a method's own
-parameters (WN gain, TReLU threshold, NF skip gain) keep their method-defined init.
+A recipe that states its own init keeps it (Gitman & Ginsburg's Xavier; Caffe's
+xavier for cifar10-nv): ``xavier`` and ``caffe-xavier`` set conv and Linear
+weights, biases 0. Only the raw weight tensor is touched (``weight`` or, for
+reparametrised layers, ``weight_v``), so a method's own parameters (WN gain,
+TReLU threshold, NF skip gain) keep their method-defined init.
 """
 from __future__ import annotations
 
@@ -39,6 +48,8 @@ def initialize(model: nn.Module, scheme: str) -> None:
     for m in model.modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
+        if scheme == "kaiming" and not isinstance(m, nn.Conv2d):
+            continue  # torchvision: Linear layers keep PyTorch's default
         w = _raw_weight(m)
         if w is None or w.dim() < 2:
             continue

@@ -50,6 +50,10 @@ METHODS = Registry("norm", {
     "dyt": "dyt:build",
 }, __name__, group="normtrain.norms")
 
+#: Methods whose normalization splits the channels into norm.groups groups (so norm.groups must divide
+#: every normalized width; checked without torch by `preflight`, tested against each method's layers).
+GROUPED = ("gn", "ws-gn", "seqnorm", "gn-wn", "evonorm-s0")
+
 # The bundle and the method modules import torch: loaded when first asked for.
 _lazy = lazy_getattr(__name__, {"Normalizer": "bundle", "data_init": "bundle", "micro_batches": "step_weights"})
 
@@ -121,8 +125,8 @@ def options_class() -> type:
     return cls
 
 
-def get(name: str, **options) -> Normalizer:
-    """Build method `name`'s bundle; `options` are fields of `NormOptions` (norm.* keys)."""
+def check(name: str, **options):
+    """Method `name`'s options (a `NormOptions`), checked (UsageError, one line); imports no torch."""
     METHODS.require(name)
     opts_cls = options_class()
     valid = {f.name for f in dataclasses.fields(opts_cls)}
@@ -134,8 +138,13 @@ def get(name: str, **options) -> Normalizer:
         opts.check()
     except ValueError as e:
         raise UsageError(f"norm.{e}") from None
-    return METHODS[name](opts)
+    return opts
 
 
-__all__ = ["Normalizer", "NormOptions", "METHODS", "SharedOptions", "data_init", "get", "method_options",
-           "micro_batches", "names", "options_class"]
+def get(name: str, **options) -> Normalizer:
+    """Build method `name`'s bundle; `options` are fields of `NormOptions` (norm.* keys)."""
+    return METHODS[name](check(name, **options))
+
+
+__all__ = ["GROUPED", "Normalizer", "NormOptions", "METHODS", "SharedOptions", "check", "data_init", "get",
+           "method_options", "micro_batches", "names", "options_class"]

@@ -3,11 +3,12 @@
     normtrain scenario NAME [--data PATH] [--set key=value ...] [--out DIR]
     normtrain scenario NAME --help          # its parameters, defaults and docs
 
-Each writes <out>/results.json (scenario, params, measurements, verdict with
-claim / criterion / measured / reproduced), PNG plots and TensorBoard scalars
-(<out>/tb), and prints a short table and the verdict. Default out:
-runs/scenario-NAME. A verdict that does not reproduce the paper is a result,
-not an error: the exit code is 0 either way (2 for bad input, nothing written).
+Each writes <out>/results.json (scenario, params, measurements, verdict: a
+state and its parts, each the paper's sentence or a control we add, see
+`common`), PNG plots and TensorBoard scalars (<out>/tb), and prints a short
+table and the verdict. Default out: runs/scenario-NAME. A verdict that does not
+reproduce the paper is a result, not an error: the exit code is 0 either way
+(2 for bad input, nothing written).
 
 Adding a scenario: one module here with a docstring, ``Params`` (a dataclass
 deriving from `common.Params`), ``USES_DATA`` and ``run(ctx, params)``, and one
@@ -22,8 +23,8 @@ import argparse
 import dataclasses
 import typing
 
-from .. import config, static
-from ..errors import UsageError
+from .. import config, outputs, static
+from ..errors import EnvError, UsageError, readable
 from ..registry import Registry
 
 # name -> module in this folder, imported on first use (the scenarios import torch).
@@ -142,31 +143,49 @@ def resolve(name: str, sets: list[str], data: str | None = None):
 
     The input is checked on the light module first, so bad input is reported without loading torch.
     """
+    overrides = check_light(name, sets, data)
+    module = SCENARIOS[name]
+    return module, config.apply_overrides(module.Params(), overrides, f"scenario {name} --set")
+
+
+def check_light(name: str, sets: list[str], data: str | None = None) -> list:
+    """The `--set` overrides of scenario `name`, checked as far as possible without torch (UsageError)."""
     overrides = [config.parse_set(s) for s in sets]
-    where = f"scenario {name} --set"
     module = light(name)
     try:
-        config.apply_overrides(module.Params(), overrides, where)
+        config.apply_overrides(module.Params(), overrides, f"scenario {name} --set")
     except UsageError:
         raise
-    except Exception:  # noqa: BLE001 - a check() that needs a left-out name: the real module checks below
+    except Exception:  # noqa: BLE001 - a check() that needs a left-out name: the real module checks it
         pass
     if data is not None:
         if not module.USES_DATA:
             raise UsageError(f"scenario {name} takes no --data (it uses generated inputs)")
         from .. import data as _data
         _data.resolve(config.DataConfig(source=data))  # unknown or missing path -> UsageError
-    module = SCENARIOS[name]
-    return module, config.apply_overrides(module.Params(), overrides, where)
+    return overrides
 
 
 def run(name: str, sets: list[str] = (), data: str | None = None, out: str | None = None) -> dict:
-    """Run scenario `name` in this process and return its results dict (also written to <out>/results.json)."""
+    """Run scenario `name` in this process and return its results dict (also written to <out>/results.json).
+
+    Before any work: the parameters (`resolve`), the output folder (`outputs.check_dir`: a file in
+    the way, below a file, read-only: exit 5) and the memory its networks need (`common.check_memory`,
+    the training check's lower bound: exit 2). A write that fails later is one line, exit 5."""
+    out = out or f"runs/scenario-{name}"
+    check_light(name, list(sets), data)  # bad input first (exit 2), then the output folder (exit 5)
+    outputs.check_dir(out)
     module, params = resolve(name, list(sets), data)
     from . import common
-    ctx = common.Context(name, params, out or f"runs/scenario-{name}", data)
-    with common.torch_threads(params.threads):
-        return module.run(ctx, params)
+    ctx = common.Context(name, params, out, data)
+    common.check_memory(ctx, params)
+    try:
+        with common.torch_threads(params.threads):
+            return module.run(ctx, params)
+    except OSError as e:
+        where = f" ({readable(e.filename)})" if getattr(e, "filename", None) else ""
+        raise EnvError(f"scenario {name}: {outputs.cause(e)}{where}; its outputs in {readable(out)} are "
+                       "incomplete: fix it and rerun") from None
 
 
 def main(argv: list[str]) -> int:

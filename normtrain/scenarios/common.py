@@ -1,4 +1,4 @@
-"""What every scenario shares: base parameters, the run context and its outputs.
+"""What every scenario shares: base parameters, the run context, the verdict schema and its statistics.
 
 A scenario is one module in this package with
 
@@ -10,17 +10,32 @@ A scenario is one module in this package with
 - ``USES_DATA``: whether ``--data`` means something to it;
 - ``run(ctx, p) -> dict``: does the work and returns ``ctx.finish(...)``;
 - a pure ``verdict(...)`` function on plain numbers, unit-tested on constructed
-  inputs both ways (one where it holds, one where it does not). The criterion
-  holds the control (the method or setting the claim contrasts with) and can
-  come out false; its text states it.
+  inputs in every state it can reach;
+- optionally ``TIMED = True`` when its headline numbers are timings (they change
+  from run to run; the rerun test of docs/scenarios then compares states only).
+
+The verdict (DESIGN §5) is given in parts (`part`, `verdict_of`): the paper's own
+sentence judged exactly as the paper states it (``source: "paper"``), and each
+control or mechanism this project adds (``source: "added"``). Each part, and the
+whole, is in one of four states: ``reproduced``, ``not reproduced``,
+``inconclusive`` (this size cannot decide it; the part says which size would) and
+``n/a`` (cannot be judged here, e.g. a GPU claim on a CPU). The whole is n/a when
+its paper parts are; otherwise not reproduced if any judged part is not, else
+inconclusive if any is, else reproduced. The headline says in words which parts held.
+Rules (`difference`, `plateaued`, `decay_acts`): a gap across seeds is *shown* only at
+>= 2 standard errors and >= a stated minimum effect, else the part is inconclusive with
+the seeds that would decide it; an arm that cannot act at this size (weight decay with
+lr * wd * steps < 1%) is flagged, not compared; a claim about final accuracy is judged
+only on runs whose training loss has plateaued.
 
 Outputs (all under ``ctx.out``, created on the first write so that bad input
 leaves nothing behind): ``results.json`` with ``scenario``, ``params``,
 ``measurements`` (including the raw per-run / per-seed numbers behind the
-verdict) and ``verdict`` (``claim``, ``criterion``, ``measured``,
-``reproduced``, ``headline``: one short line with the key number, used in the
-plots' titles and the README table), ``runtime_s`` (wall) and ``cpu_s`` (CPU
-time, which does not depend on what else runs on the machine), PNG plots (`plotting`, `figure`,
+verdict) and ``verdict`` (``claim``, ``state``, ``parts``, ``headline``: one
+short line with the key numbers, used in the plots' titles and the README table;
+``criterion`` and ``measured`` joined from the parts; ``reproduced`` = state is
+reproduced), ``runtime_s`` (wall) and ``cpu_s`` (CPU time, which does not depend
+on what else runs on the machine), PNG plots (`plotting`, `figure`,
 `Context.savefig`: at least 1200 px wide, the verdict in the title), and
 TensorBoard scalars under ``tb/``. Non-finite numbers are written to JSON as ``null``.
 """
@@ -34,6 +49,7 @@ import math
 import shutil
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -60,6 +76,74 @@ class Params:
             raise ValueError(f"device: '{self.device}' is not one of: auto, cpu, cuda")
         if self.threads < 0:
             raise ValueError("threads: must be >= 0")
+        # Sizes every scenario shares, by name: far above any sensible setting, low enough that a typo
+        # (depth=100000000) is refused at once; what fits in memory is `check_memory`'s to say.
+        for name, (lo, hi) in SIZES.items():
+            value = getattr(self, name, None)
+            values = value if isinstance(value, list) else [value]
+            for v in values:  # integers only: a float of the same name is a factor (wn-small-net's width)
+                if isinstance(v, int) and not isinstance(v, bool) and not lo <= v <= hi:
+                    raise ValueError(f"{name}: {v} is out of range (must be >= {lo} and <= {hi})")
+        if hasattr(self, "seed") and not 0 <= self.seed < 2 ** 31:
+            raise ValueError(f"seed: {self.seed} is out of range (must be >= 0 and < 2^31)")
+
+    #: The network this scenario builds when it has no ``model`` parameter (for `networks`).
+    MODEL: typing.ClassVar[str] = ""
+
+    def networks(self) -> list[tuple]:
+        """(model, norm, model options, batch) of the networks the scenario trains, for `check_memory`.
+
+        Read from the parameters by name (model or MODEL; norm, methods; the builder's options such as
+        widths, depth, width; batch_size); a scenario whose networks differ says so by overriding it."""
+        model = getattr(self, "model", "") or self.MODEL
+        if not model or not isinstance(model, str):
+            return []
+        # One method stands for all: the network's shape, not the method, decides its memory.
+        methods = getattr(self, "methods", None) or [getattr(self, "norm", None) or "bn"]
+        method = "bn" if "bn" in methods else methods[0]
+        options = {k: getattr(self, k) for k in ("widths", "depth", "width")
+                   if isinstance(getattr(self, k, None), (int, list)) and not isinstance(getattr(self, k), bool)}
+        batch = max(getattr(self, "batch_size", 1), getattr(self, "probe_size", 1))
+        return [(model, method, options, batch)]
+
+
+#: Bounds of the size parameters that scenarios share (by name; a list is checked element by element).
+SIZES = {"batch_size": (1, 1 << 16), "probe_size": (1, 1 << 16), "steps": (1, 10_000_000), "seeds": (1, 1000),
+         "depth": (1, 1000), "width": (1, 1 << 16), "widths": (1, 1 << 16), "image_size": (0, 8192),
+         "num_classes": (1, 1_000_000), "record_every": (1, 10_000_000), "log_every": (1, 10_000_000),
+         "probe_every": (1, 10_000_000), "warmup": (0, 1_000_000), "random_draws": (1, 100_000),
+         "groups": (1, 1 << 16), "ghost_groups": (1, 1 << 16)}
+
+
+def check_memory(ctx: "Context", p: Params) -> None:
+    """UsageError (exit 2) when one of the scenario's networks (`Params.networks`) clearly cannot train
+    in the memory available on ctx.device: the training check's lower bound (normtrain/memory.py), on
+    the input shape of the scenario's data (its kind read from the --data name, as `synthetic_like`)."""
+    from .. import config, memory, models, norms
+    nets = p.networks()
+    if not nets:
+        return
+    like = config.DataConfig(source=ctx.data or "digits")
+    shaped = config.DataConfig(source="synthetic", image_size=getattr(p, "image_size", 0) or 0)
+    config.synthetic_like(shaped, like)
+    in_shape = tuple(shaped.synthetic_shape)
+    free = memory.available(ctx.device)
+    for model, norm, options, batch in nets:
+        if model not in models.NETWORKS or norm not in norms.METHODS:
+            continue  # the scenario's own checks name it
+        try:
+            opts = {k: v for k, v in options.items() if k in models.signature(model).parameters}
+            with torch.device("meta"):
+                bundle = norms.get(norm, groups=getattr(p, "groups", 32))
+                net = models.build(model, bundle, shaped.synthetic_classes, in_shape, init="default", **opts)
+                acts = memory.activation_bytes(net, torch.empty((batch,) + in_shape))
+        except Exception:  # noqa: BLE001 - not buildable or traceable so: the scenario's own run decides
+            continue
+        need = acts + 2 * sum(q.numel() * 4 for q in net.parameters())
+        if free is not None and need > free:
+            raise UsageError(f"scenario {ctx.name}: model {model} with norm {norm} at batch {batch} needs at least "
+                             f"{memory.gib(need)} but {memory.gib(free)} is available on {ctx.device.type}; "
+                             "lower batch_size or the network's size")
 
 
 def known(model: str | None = None, methods=()) -> None:
@@ -174,10 +258,9 @@ def verdict_of(claim: str, parts: list[dict], headline: str) -> dict:
             "reproduced": state == REPRODUCED}
 
 
-def verdict(claim: str, criterion: str, measured: str, reproduced: bool, headline: str = "") -> dict:
-    """Old single-part form: the whole claim as one paper part. Prefer `part` + `verdict_of`."""
-    return verdict_of(claim, [part("claim", claim, "paper", bool(reproduced), measured, criterion)],
-                      headline or measured.split(";")[0].rstrip("."))
+def not_judged(claim: str, why: str, criterion: str = "-") -> dict:
+    """The verdict of a run that cannot judge the claim at all (e.g. a control left out by --set): n/a, saying why."""
+    return verdict_of(claim, [part("claim", claim, "paper", NA, why, criterion)], f"not judged: {why}")
 
 
 def state_label(v: dict) -> str:
@@ -202,20 +285,6 @@ def pm(xs, digits: int = 3) -> str:
     """'mean ± std' of a list of numbers."""
     m, sd = mean_std(xs)
     return f"{m:.{digits}g} ± {sd:.2g}"
-
-
-def below(a, b) -> dict:
-    """Is mean(a) below mean(b) by more than the standard error of the difference?
-
-    a, b: per-seed values. With one value each the standard error is 0 and any gap counts.
-    Returns {'gap': mean(b) - mean(a), 'se': standard error, 'shown': gap > se}.
-    """
-    ma, sa = mean_std(a)
-    mb, sb = mean_std(b)
-    na, nb = max(len(list(a)), 1), max(len(list(b)), 1)
-    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if math.isfinite(sa + sb) else float("nan")
-    gap = mb - ma
-    return {"gap": gap, "se": se, "shown": bool(math.isfinite(gap) and math.isfinite(se) and gap > se)}
 
 
 def difference(a, b, min_effect: float) -> dict:
@@ -248,6 +317,27 @@ def difference(a, b, min_effect: float) -> dict:
             "seeds_to_decide": need}
 
 
+def paired_difference(a, b, min_effect: float) -> dict:
+    """`difference` for paired values (a[i] and b[i] from the same seed: the same initial weights and data order):
+    the per-seed differences a[i] - b[i] against 0, so that what the seeds share cancels. Same keys as `difference`."""
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None
+             and math.isfinite(float(x)) and math.isfinite(float(y))]
+    return difference([x - y for x, y in pairs], [0.0] * len(pairs), min_effect)
+
+
+def shown_text(d: dict, digits: int = 2) -> str:
+    """'gap ± se (shown | shown equal | not shown: detectable >= x[, n seeds decide it])' for a `difference` result."""
+    if not math.isfinite(d["se"]):
+        return f"{d['gap']:+.{digits}g} (one seed per arm: no standard error)"
+    head = f"{d['gap']:+.{digits}g} ± {d['se']:.1g}"
+    if d["shown"]:
+        return f"{head} (shown)"
+    if d["equal"]:
+        return f"{head} (shown equal within ±{d['min_effect']:.{digits}g})"
+    need = f", {d['seeds_to_decide']} seeds per arm decide it" if d["seeds_to_decide"] else ""
+    return f"{head} (not shown: detectable >= {d['detectable']:.{digits}g}{need})"
+
+
 def state_greater(d: dict) -> str:
     """State of the claim "a > b" from `difference(a, b, ...)`: reproduced when a gap > 0 is shown,
     not reproduced when a gap < 0 is shown or the two are shown equal, else inconclusive."""
@@ -265,9 +355,10 @@ def state_not_less(d: dict) -> str:
 
 
 def plateaued(losses, window: float = 0.1, rel: float = 0.05) -> bool:
-    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of
-    values is less than `rel` (relative) below the mean of the `window` fraction before it. Claims
-    about final accuracy are judged only on runs for which this holds (else inconclusive)."""
+    """Has a training-loss curve converged? The rule: the mean of its last `window` fraction of values is less
+    than `rel` (relative) below the mean of the `window` fraction before it. Claims about final accuracy are judged
+    only on runs for which this holds (else inconclusive). On a noisy per-step curve use `measures.settled`, which
+    widens `rel` to the curve's own noise."""
     xs = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
     k = max(1, int(len(xs) * window))
     if len(xs) < 2 * k or len(xs) < 4:
@@ -488,13 +579,14 @@ def data_config(source: str, batch_size: int, image_size: int = 0, **extra):
 
 
 def loader(ctx: Context, batch_size: int, split: str = "train", image_size: int = 0, default: str = "digits",
-           seed: int | None = None):
+           seed: int | None = None, **extra):
     """The training (or 'val') loader of `--data` (default: the built-in digits) on ctx.device.
 
     `seed` (default: the scenario's) fixes the training order, so runs of different seeds see different orders.
+    `extra`: further `data:` keys (e.g. ``normalize``, ``synthetic_classes``).
     """
     from .. import data
-    cfg = data_config(ctx.data or default, batch_size, image_size)
+    cfg = data_config(ctx.data or default, batch_size, image_size, **extra)
     seed = ctx.params.seed if seed is None else seed
     return data.build(cfg, split, data.DataContext(0, 1, ctx.device, batch_size, seed, split == "train"))
 

@@ -15,6 +15,10 @@ normtrain.norms in training mode (batch statistics, gamma 1, beta 0) on X as an
 rounded to the decimals the paper prints (|ours - paper| <= half a unit in the
 last printed decimal). The ranking comparison lists every pair (i, j) with
 x_i > x_j whose order flips after normalization (1-based positions).
+
+Verdict: two parts, both the paper's: ``batchnorm`` (all 8 printed BN values
+match and no pair flips) and ``ghostnorm`` (all 8 printed GhostNorm values match
+and the 2nd output falls below the 5th); n/a for other values or G_M.
 """
 from __future__ import annotations
 
@@ -84,21 +88,34 @@ def flipped_pairs(x: list[float], y: list[float]) -> list[tuple[int, int]]:
     return out
 
 
-def verdict(bn: list[float], ghost: list[float], x: list[float] = X) -> dict:
-    criterion = ("every BN and GhostNorm(G_M=2) output equals the paper's printed number at its printed precision, "
-                 "BN (the control) flips no pair's order, and GhostNorm puts the 2nd value below the 5th")
-    if list(x) != X:
-        return common.verdict(CLAIM, criterion, "custom values: no paper numbers to compare with", False,
-                              "custom values: nothing to compare")
+BN_CLAIM = ("BatchNorm maps X = (35, 39, 30, 4, 38, 26, 27, 19) to (0.7, 1.1, 0.3, -2.2, 1.0, -0.1, -0.02, -0.8), "
+            "keeping the ranking order (Dimitriou & Arandjelović 2020 §2.2).")
+GHOST_CLAIM = ("GhostNorm with G_M = 2 maps X to (0.6, 0.9, 0.2, -1.7, 1.5, -0.2, -0.07, -1.2): the 2nd value becomes "
+               "smaller than the 5th (§2.2).")
+
+
+def verdict(bn: list[float], ghost: list[float], x: list[float] = X, ghost_groups: int = 2) -> dict:
+    """Two paper parts: BN's printed outputs and kept order; GhostNorm's printed outputs and the 2nd < 5th swap.
+
+    n/a for other input values or another G_M (the paper prints numbers for its X and G_M = 2 only)."""
+    if list(x) != X or ghost_groups != 2:
+        why = "custom values" if list(x) != X else f"G_M = {ghost_groups}"
+        return common.not_judged(CLAIM, f"{why}: the paper prints numbers for its X and G_M = 2 only")
     mb, mg = matches(bn, PAPER_BN), matches(ghost, PAPER_GHOST)
     fb, fg = flipped_pairs(x, bn), flipped_pairs(x, ghost)
-    ok = all(mb) and all(mg) and not fb and ghost[1] < ghost[4]
-    measured = (f"BN {', '.join(f'{v:.3f}' for v in bn)} ({sum(mb)}/8 match); GhostNorm "
-                f"{', '.join(f'{v:.3f}' for v in ghost)} ({sum(mg)}/8 match); BN flips {len(fb)} pairs, GhostNorm "
-                f"flips {len(fg)} ({', '.join(f'{a}>{b}' for a, b in fg)}), 2nd vs 5th: {ghost[1]:.3f} < {ghost[4]:.3f}.")
+    crit = "every output equals the paper's printed number at its printed precision (half a unit in the last decimal)"
+    parts = [
+        common.part("batchnorm", BN_CLAIM, "paper", all(mb) and not fb,
+                    f"BN {', '.join(f'{v:.3f}' for v in bn)}: {sum(mb)}/8 match; flips {len(fb)} pairs",
+                    crit + ", and no pair's order flips", {"value": PAPER_BN, "where": "§2.2"}),
+        common.part("ghostnorm", GHOST_CLAIM, "paper", all(mg) and ghost[1] < ghost[4],
+                    f"GhostNorm {', '.join(f'{v:.3f}' for v in ghost)}: {sum(mg)}/8 match; flips {len(fg)} pairs "
+                    f"({', '.join(f'{a}>{b}' for a, b in fg)}); 2nd {ghost[1]:.3f} vs 5th {ghost[4]:.3f}",
+                    crit + ", and the 2nd output is below the 5th", {"value": PAPER_GHOST, "where": "§2.2"}),
+    ]
     headline = (f"{sum(mb) + sum(mg)}/16 printed values match; GhostNorm puts the 2nd value ({ghost[1]:.2f}) "
                 f"{'below' if ghost[1] < ghost[4] else 'above'} the 5th ({ghost[4]:.2f}), BN flips {len(fb)} pairs")
-    return common.verdict(CLAIM, criterion, measured, ok, headline)
+    return common.verdict_of(CLAIM, parts, headline)
 
 
 def spread(values: list[float], gap: float) -> list[tuple[int, float]]:
@@ -155,9 +172,7 @@ def run(ctx, p: Params) -> dict:
     x = list(p.values)
     bn = normalize("bn", x, p.ghost_groups, p.eps)
     ghost = normalize("ghost", x, p.ghost_groups, p.eps)
-    v = verdict(bn, ghost, x) if p.ghost_groups == 2 else common.verdict(
-        CLAIM, "the paper's example uses G_M = 2", f"ghost_groups={p.ghost_groups}: nothing to compare", False,
-        "G_M != 2: nothing to compare")
+    v = verdict(bn, ghost, x, p.ghost_groups)
     rows = []
     is_paper = x == X
     for i in range(len(x)):

@@ -20,8 +20,12 @@ gradient at theta - eta g. The weights and every buffer (running mean/var,
 batch counters) are restored after the probes, so training is exactly what it
 would be without them (the tests check this bit for bit); the update then uses g.
 
-Verdict: averaged over the probed steps, GhostNorm's loss range (max - min over
-eta) and its maximum gradient-predictiveness distance are both larger than BN's.
+Verdict, in parts, from means over the probed steps of one run: the paper's
+``less-smooth`` (GhostNorm's loss range, max - min over eta, >= ``min_ratio`` x
+BN's; between 1 and ``min_ratio`` inconclusive) and ``like-baseline``
+(GhostNorm's loss range closer, in ratio, to ``none``'s than to BN's); our
+``gradient-predictiveness`` (GhostNorm's maximum gradient distance >=
+``min_ratio`` x BN's).
 """
 from __future__ import annotations
 
@@ -37,7 +41,10 @@ from . import common
 USES_DATA = True
 
 CLAIM = ("GhostNorm makes the loss landscape less smooth than BatchNorm: along the gradient direction the loss "
-         "varies more and the gradient is less predictive (Dimitriou & Arandjelović 2020 §3.1, Fig. 4).")
+         "varies more, and on MNIST it resembles the landscape of the network without normalization "
+         "(Dimitriou & Arandjelović 2020 §3.1, Fig. 4); our addition: the gradient is less predictive.")
+RESEMBLANCE = ("On MNIST, GhostNorm's loss landscape bears closer resemblance to the baseline without normalization "
+               "than to BatchNorm's (§3.1, Fig. 4).")
 
 
 @dataclass
@@ -62,6 +69,8 @@ class Params(common.Params):
     """Probe the landscape every this many steps (0 = never: plain training)."""
     probe_lrs: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     """Step sizes eta along -g (the paper's MNIST grid)."""
+    min_ratio: float = 1.25
+    """Minimum effect: GhostNorm's mean over the probed steps must be >= this x BN's to count as larger (one run)."""
     image_size: int = 0
     """With --data: resize to this size (0 = natural size)."""
     threads: int = 1
@@ -72,6 +81,8 @@ class Params(common.Params):
         common.known(self.model, self.methods)
         for k in ("batch_size", "lr", "steps", "ghost_groups"):
             common.positive(k, getattr(self, k))
+        if self.min_ratio < 1:
+            raise ValueError("min_ratio: must be >= 1")
         common.positive("probe_every", self.probe_every, allow_zero=True)
         common.positive("image_size", self.image_size, allow_zero=True)
         if not self.probe_lrs or any(e <= 0 for e in self.probe_lrs):
@@ -161,27 +172,59 @@ def summarize(rec: dict) -> dict:
             "probes": n, "non_finite_probes": len(rec["probes"]) - n}
 
 
-def verdict(bn: dict, ghost: dict, none: dict | None = None) -> dict:
-    """bn, ghost (and the optional `none` baseline, reported): `summarize` outputs."""
-    criterion = ("mean over probed steps of the loss range (max - min over eta) and of the maximum gradient "
-                 "distance ||g(theta) - g(theta - eta g)|| are both larger for GhostNorm than for the BN control")
+def ratio_state(r: float, min_ratio: float) -> str:
+    """'a larger than b' from r = a / b at one seed: reproduced at >= min_ratio, not reproduced at <= 1,
+    inconclusive between (a gap under the minimum effect)."""
+    if not math.isfinite(r):
+        return common.INCONCLUSIVE
+    return common.REPRODUCED if r >= min_ratio else common.NOT_REPRODUCED if r <= 1 else common.INCONCLUSIVE
+
+
+def verdict(bn: dict, ghost: dict, none: dict | None = None, min_ratio: float = 1.25) -> dict:
+    """bn, ghost (and the `none` baseline): `summarize` outputs. Ratios of means over the probed steps of one run;
+    a ratio between 1 and `min_ratio` is under the minimum effect (inconclusive)."""
     if not bn or not ghost:
-        return common.verdict(CLAIM, criterion, "methods must include both bn and ghost for a verdict", False,
-                              "needs bn and ghost")
+        return common.not_judged(CLAIM, "methods must include both bn and ghost")
     vals = [bn["loss_range"], ghost["loss_range"], bn["grad_dist_max"], ghost["grad_dist_max"]]
     if not all(math.isfinite(v) for v in vals):
-        return common.verdict(CLAIM, criterion, "no finite probes", False, "no finite probes")
+        return common.not_judged(CLAIM, "no finite probes")
     r1 = ghost["loss_range"] / bn["loss_range"] if bn["loss_range"] > 0 else float("inf")
     r2 = ghost["grad_dist_max"] / bn["grad_dist_max"] if bn["grad_dist_max"] > 0 else float("inf")
+    effect = f"(a ratio in (1, {min_ratio:g}) is under the minimum effect: inconclusive)"
+    parts = [
+        common.part("less-smooth", "Along the gradient direction the loss of a GhostNorm network varies more than a "
+                    "BatchNorm network's: GhostNorm makes the loss landscape less smooth (Dimitriou & Arandjelović "
+                    "2020 §3.1, Fig. 4).", "paper", ratio_state(r1, min_ratio),
+                    f"mean loss range over the probed steps: ghost {ghost['loss_range']:.4g} vs bn "
+                    f"{bn['loss_range']:.4g} ({r1:.3g}x)",
+                    f"GhostNorm's mean loss range (max - min over eta) >= {min_ratio:g} x BN's {effect}"),
+    ]
+    if none is None:
+        parts.append(common.part("like-baseline", RESEMBLANCE, "paper", common.NA, "none was not run",
+                                 "needs the none baseline"))
+    elif not math.isfinite(none.get("loss_range", float("nan"))) or none["loss_range"] <= 0:
+        parts.append(common.part("like-baseline", RESEMBLANCE, "paper", common.INCONCLUSIVE,
+                                 "the none baseline has no finite probes (diverged)", "needs a finite baseline"))
+    else:
+        d_none = abs(math.log(ghost["loss_range"] / none["loss_range"]))
+        d_bn = abs(math.log(r1))
+        parts.append(common.part("like-baseline", RESEMBLANCE, "paper", d_none < d_bn,
+                                 f"loss range: ghost {ghost['loss_range']:.4g}, none {none['loss_range']:.4g}, bn "
+                                 f"{bn['loss_range']:.4g}: ghost is {math.exp(d_none):.3g}x from none, "
+                                 f"{math.exp(d_bn):.3g}x from bn",
+                                 "GhostNorm's mean loss range is closer (in ratio) to none's than to BN's"))
+    parts.append(common.part("gradient-predictiveness", "The gradient is less predictive with GhostNorm: "
+                             "||g(theta) - g(theta - eta g)|| is larger (Santurkar et al. 2018's measure; the paper "
+                             "plots the loss only).", "added", ratio_state(r2, min_ratio),
+                             f"mean max gradient distance: ghost {ghost['grad_dist_max']:.4g} vs bn "
+                             f"{bn['grad_dist_max']:.4g} ({r2:.3g}x); effective beta: ghost {ghost['beta_eff']:.4g} vs "
+                             f"bn {bn['beta_eff']:.4g}",
+                             f"GhostNorm's mean maximum gradient distance >= {min_ratio:g} x BN's {effect}"))
     base = ""
-    if none and math.isfinite(none.get("loss_range", float("nan"))):
-        base = (f"; no normalization: loss range {none['loss_range']:.4g}, max gradient distance "
-                f"{none['grad_dist_max']:.4g}")
-    measured = (f"loss range: ghost {ghost['loss_range']:.4g} vs bn {bn['loss_range']:.4g} ({r1:.3g}x); "
-                f"max gradient distance: ghost {ghost['grad_dist_max']:.4g} vs bn {bn['grad_dist_max']:.4g} "
-                f"({r2:.3g}x); effective beta: ghost {ghost['beta_eff']:.4g} vs bn {bn['beta_eff']:.4g}{base}.")
-    headline = f"GhostNorm's loss range {r1:.3g}x BN's, its gradient distance {r2:.3g}x"
-    return common.verdict(CLAIM, criterion, measured, r1 > 1 and r2 > 1, headline)
+    if none and math.isfinite(none.get("loss_range", float("nan"))) and none["loss_range"] > 0:
+        base = f", none's {none['loss_range'] / bn['loss_range']:.3g}x"
+    headline = f"GhostNorm's loss range {r1:.3g}x BN's{base}; its gradient distance {r2:.3g}x"
+    return common.verdict_of(CLAIM, parts, headline)
 
 
 def plot(ctx, p: Params, recs: dict, v: dict) -> None:
@@ -218,7 +261,7 @@ def run(ctx, p: Params) -> dict:
     batches = common.take(ld, p.steps)
     recs = {m: train_method(ctx, p, m, batches, ld.in_shape, ld.num_classes)[0] for m in p.methods}
     sums = {m: summarize(r) for m, r in recs.items()}
-    v = verdict(sums.get("bn"), sums.get("ghost"), sums.get("none"))
+    v = verdict(sums.get("bn"), sums.get("ghost"), sums.get("none"), p.min_ratio)
     plot(ctx, p, recs, v)
     rows = [[m, s["probes"], recs[m]["loss"][-1] if recs[m]["loss"] else None, s["loss_range"], s["grad_dist_max"],
              s.get("grad_dist_range"), s["beta_eff"], recs[m]["diverged_at"] if recs[m]["diverged_at"] is not None

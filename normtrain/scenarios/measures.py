@@ -22,6 +22,26 @@ def row_coherence(w: torch.Tensor) -> float:
     return float(g.max())
 
 
+def row_coherences(weights: list[torch.Tensor]) -> list[float]:
+    """`row_coherence` of each weight, computed in one batched product per weight shape (one sync in all)."""
+    out: list = [None] * len(weights)
+    shapes: dict = {}
+    for i, w in enumerate(weights):
+        shapes.setdefault(tuple(w.detach().flatten(1).shape), []).append(i)
+    for (rows, _), idx in shapes.items():
+        if rows < 2:
+            for i in idx:
+                out[i] = torch.zeros(())
+            continue
+        w = torch.stack([weights[i].detach().float().flatten(1) for i in idx])
+        u = w / w.norm(dim=2, keepdim=True).clamp_min(1e-30)
+        g = (u @ u.transpose(1, 2)).abs()
+        g.diagonal(dim1=1, dim2=2).zero_()
+        for i, v in zip(idx, g.amax(dim=(1, 2))):
+            out[i] = v
+    return [float(v) for v in torch.stack(out).tolist()]
+
+
 class BlockNorms:
     """Mean per-sample L2 norm of the output of the first conv/linear layer (after the activation norm that
     runs right after it, if any, as `normtrain.engine.NormTracker` measures it, so BN-family methods are

@@ -1,16 +1,19 @@
-"""NormProp ResNet trains only with the residual modification, and fails at large rates where BN trains (G&G §4.2).
+"""NormProp ResNet needs a residual modification (our reading: (x + f)/sqrt(2)), fails at large rates (G&G §4.2).
 
 Gitman & Ginsburg 2017 §4.2: "Training with normalization propagation required a
 modification of the original algorithm to work with residual connections to
 ensure that output of each layer stays normal under the normal distribution
 assumption. And even with that modification network either converged to a poor
 local minimum or diverged after a few iterations if the initial learning rate
-was large." normtrain implements the modification (DESIGN §3) as the block
-output (shortcut + branch)/sqrt(2), switched by ``norm.residual_scale``.
+was large." The paper does not say what the modification is. normtrain's
+reading, this project's and not the paper's (DESIGN §3), is the block output
+(shortcut + branch)/sqrt(2), switched by ``norm.residual_scale``.
 
 What runs: a NormProp ``model`` (default ``resnet20``, option-B projection
 shortcuts built through the bundle, so they are normalized too) with and
 without the modification, and the same network with ``bn`` as the control,
+(and each network of ``beside``, default ``resnet56``, with and without it,
+reported beside the verdict),
 each trained for ``steps`` SGD steps (momentum 0.9) at every learning rate of
 ``lrs`` from the same seed, on the same batches of the built-in digits (or
 ``--data``). Per run: the loss curve; *diverged* if a loss is non-finite or above
@@ -29,10 +32,15 @@ convention of `normtrain.models.signal`), the variance and skewness of the join
 output, and the gain of the NormProp-ReLU after the join (block output variance
 / join variance). The results state where the growth comes from.
 
-Verdict (all four): (1) without the modification NormProp trains at none of the
-rates; (2) with it, it trains at one rate at least; (3) with it, at the largest
-rate at which BN trains, it diverges, does not train or ends at a poor minimum;
-(4) the BN control trains at >= half of the rates.
+Verdict, in parts, on ``model``. The paper's ``needs-modification``: at the
+paper-equivalent rate (its 0.1 for 256 images scaled linearly to ``batch_size``:
+0.0125 at 32, the nearest grid rate) NormProp without the modification does
+not train and with it trains; the paper's ``large-rate``: with it, at the
+largest rate above that at which BN trains, it diverges, does not train or ends
+at a poor minimum. Ours: ``bn-control``, BN trains at the paper-equivalent rate
+and at >= half of the rates; ``variance``, with the modification the
+block-output variance at init (gamma 1/1.21, the probe) grows less per block
+than without.
 """
 from __future__ import annotations
 
@@ -46,9 +54,9 @@ from . import common
 
 USES_DATA = True
 
-CLAIM = ("NormProp needs the residual modification to train a ResNet at all, and even with it the network converges "
-         "to a poor minimum or diverges when the initial learning rate is large, where BN trains "
-         "(Gitman & Ginsburg 2017 §4.2).")
+CLAIM = ("NormProp needed a modification to train a ResNet, and even with it the network converged to a poor minimum "
+         "or diverged when the initial learning rate was large (Gitman & Ginsburg 2017 §4.2). The paper does not say "
+         "what the modification is; ours (this project's reading) is the join (x + f(x))/sqrt(2).")
 
 CONFIGS = (("with", "normprop", True), ("without", "normprop", False), ("bn", "bn", None))
 LABELS = {"with": "NormProp, (x + f(x))/sqrt(2)", "without": "NormProp, x + f(x)", "bn": "BN (control)"}
@@ -58,9 +66,13 @@ COLORS = {"with": "tab:blue", "without": "tab:red", "bn": "tab:gray"}
 @dataclass
 class Params(common.Params):
     model: str = "resnet20"
-    """Residual network (any model whose blocks have a `join`: resnet20, resnet56, resnet18, preact-resnet50...)."""
-    lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
-    """Initial learning rates of the sweep (constant; SGD, momentum 0.9)."""
+    """Residual network judged (any model whose blocks have a `join`: resnet20, resnet56, resnet18, preact-resnet50...)."""
+    beside: list[str] = field(default_factory=lambda: ["resnet56"])
+    """Deeper networks run with and without the modification at the same rates and reported beside the verdict."""
+    lrs: list[float] = field(default_factory=lambda: [0.0125, 0.04, 0.125, 0.4])
+    """Initial learning rates of the sweep (constant; SGD, momentum 0.9): the paper-equivalent rate and ~3x steps up."""
+    paper_lr: float = 0.1
+    """The paper's initial rate (ResNet-50, 256 images per step); scaled linearly to batch_size, the nearest grid rate is where the need for the modification is judged."""
     steps: int = 150
     """Training steps per (configuration, rate)."""
     batch_size: int = 32
@@ -87,6 +99,9 @@ class Params(common.Params):
     def check(self) -> None:
         super().check()
         common.known(self.model)
+        for m in self.beside:
+            common.known(m)
+        common.positive("paper_lr", self.paper_lr)
         if not self.lrs or not self.gamma_inits:
             raise ValueError("lrs and gamma_inits must not be empty")
         for lr in self.lrs:
@@ -113,15 +128,18 @@ def status(losses: list[float], diverged: int | None, chance: float, trained_bel
     return {"status": "trained" if final <= trained_below * chance else "not trained", "final_loss": final}
 
 
-def train_config(ctx, p: Params, key: str, method: str, scale, lr: float, batches, in_shape, num_classes) -> dict:
+def train_config(ctx, p: Params, key: str, method: str, scale, lr: float, batches, in_shape, num_classes,
+                 model_name: str | None = None) -> dict:
+    model_name = model_name or p.model
     torch.manual_seed(p.seed)
     opts = {"gamma_init": p.gamma_inits[0], "residual_scale": bool(scale)} if method == "normprop" else {}
-    model = models.build(p.model, norms.get(method, **opts), num_classes, in_shape).to(ctx.device)
+    model = models.build(model_name, norms.get(method, **opts), num_classes, in_shape).to(ctx.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    tag = key if model_name == p.model else f"{model_name}/{key}"
     r = common.train_steps(model, opt, batches, p.steps, blowup=p.blowup,
-                           on_step=lambda i, v: ctx.scalar(f"{key}/lr_{lr:g}/train_loss", v, i))
+                           on_step=lambda i, v: ctx.scalar(f"{tag}/lr_{lr:g}/train_loss", v, i))
     r.update(status(r["losses"], r["diverged_at"], math.log(num_classes), p.trained_below, p.tail))
-    return {"config": key, "lr": lr, **r}
+    return {"config": key, "model": model_name, "lr": lr, **r}
 
 
 def mark_poor(runs: list[dict], poor: float) -> None:
@@ -135,40 +153,89 @@ def mark_poor(runs: list[dict], poor: float) -> None:
 
 # -- verdict ---------------------------------------------------------------------------------------
 
-def verdict(runs: list[dict], poor: float = 3.0) -> dict:
-    """runs: {'config' (with / without / bn), 'lr', 'status', 'final_loss', 'poor_minimum'} per rate."""
-    criterion = (f"(1) without the modification NormProp trains at none of the rates; (2) with it, it trains at >= 1 "
-                 f"rate; (3) with it, at the largest rate at which BN trains, it diverges, does not train, or ends "
-                 f"above {poor:g} x BN's loss (poor minimum); (4) BN trains at >= half of the rates")
+NEEDS_CLAIM = ("Training a ResNet with normalization propagation required a modification of the original algorithm "
+               "to work with residual connections (Gitman & Ginsburg 2017 §4.2); the modification is not specified: "
+               "ours is the (x + f(x))/sqrt(2) join.")
+LARGE_CLAIM = ("Even with that modification the network either converged to a poor local minimum or diverged after a "
+               "few iterations if the initial learning rate was large (§4.2).")
+
+
+def paper_rate(lrs: list[float], paper_lr: float) -> float:
+    """The grid rate nearest (in log) to the paper-equivalent rate."""
+    return min(lrs, key=lambda lr: abs(math.log(lr / paper_lr)))
+
+
+def verdict(runs: list[dict], poor: float = 3.0, paper_lr: float = 0.0125, factors: dict | None = None,
+            beside: dict | None = None) -> dict:
+    """runs: {'config' (with / without / bn), 'lr', 'status', 'final_loss', 'poor_minimum'} per rate of the judged
+    network; paper_lr: the paper's rate scaled to this batch; factors: per-block variance factor at init
+    {'with', 'without'}; beside: {model: its runs} of deeper networks, reported in the headline."""
     by = {k: {r["lr"]: r for r in runs if r["config"] == k} for k in ("with", "without", "bn")}
     if not all(by.values()):
-        return common.verdict(CLAIM, criterion, "needs runs with, without and bn", False, "no result")
+        return common.not_judged(CLAIM, "needs runs with, without and bn")
     lrs = sorted(by["bn"])
-    bn_ok = [lr for lr in lrs if by["bn"][lr]["status"] == "trained"]
-    without_ok = [lr for lr in lrs if by["without"].get(lr, {}).get("status") == "trained"]
-    with_ok = [lr for lr in lrs if by["with"].get(lr, {}).get("status") == "trained"]
-    top = max(bn_ok) if bn_ok else None
-    at_top = by["with"].get(top) if top is not None else None
-    fails_top = at_top is not None and (at_top["status"] != "trained" or at_top.get("poor_minimum"))
-    parts = [not without_ok, bool(with_ok), fails_top, len(bn_ok) >= len(lrs) / 2]
+    at = paper_rate(lrs, paper_lr)
 
     def cell(r):
         if r is None:
             return "-"
         if r["status"] == "diverged":
             return f"diverged@{r['diverged_at']}"
-        tag = "poor " if r.get("poor_minimum") else ""
-        return f"{tag}{r['status']} {r['final_loss']:.3g}"
+        return f"{'poor ' if r.get('poor_minimum') else ''}{r['status']} {r['final_loss']:.3g}"
+
+    def ok(key, lr):
+        r = by[key].get(lr)
+        return r is not None and r["status"] == "trained" and not r.get("poor_minimum")
+    where = f"at lr {at:g}, the grid rate nearest the paper's 0.1 for 256 images scaled to this batch ({paper_lr:.3g})"
+    needs = not ok("without", at) and ok("with", at)
+    parts = [common.part(
+        "needs-modification", NEEDS_CLAIM, "paper", needs,
+        f"{where}: without the modification {cell(by['without'].get(at))}, with it {cell(by['with'].get(at))}",
+        "at the paper-equivalent rate NormProp without the modification does not train (diverges, stays above "
+        "the 'trained' loss, or ends at a poor minimum) and with it trains", {"value": 0.1, "where": "§4.2: lr 0.1, "
+                                                                             "batch 256 (footnote 4)"})]
+    large = [lr for lr in lrs if lr > at and ok("bn", lr)]
+    top = max(large) if large else None
+    if top is None:
+        parts.append(common.part("large-rate", LARGE_CLAIM, "paper", common.INCONCLUSIVE,
+                                 f"BN trains at no grid rate above {at:g}: a grid reaching larger rates decides it",
+                                 "needs a rate above the paper-equivalent one at which BN trains"))
+    else:
+        r = by["with"].get(top)
+        fails = r is not None and (r["status"] != "trained" or r.get("poor_minimum"))
+        parts.append(common.part(
+            "large-rate", LARGE_CLAIM, "paper", fails,
+            f"at lr {top:g} (the largest rate at which BN trains) with the modification: {cell(r)}",
+            f"with the modification, at the largest rate above the paper-equivalent one at which BN trains, NormProp "
+            f"diverges, does not train, or ends above {poor:g} x BN's final loss (a poor minimum)"))
+    bn_ok = [lr for lr in lrs if ok("bn", lr)]
+    parts.append(common.part("bn-control", "BN trains the same network at these rates (our control).", "added",
+                             ok("bn", at) and len(bn_ok) >= len(lrs) / 2,
+                             f"BN trained at {len(bn_ok)}/{len(lrs)} rates ({', '.join(f'{lr:g}' for lr in bn_ok)})",
+                             "BN trains at the paper-equivalent rate and at >= half of the rates"))
+    if factors:
+        fw, fo = factors.get("with", float("nan")), factors.get("without", float("nan"))
+        closer = math.isfinite(fw) and math.isfinite(fo) and abs(math.log(fw)) < abs(math.log(fo))
+        parts.append(common.part(
+            "variance", "The (x + f(x))/sqrt(2) join (our reading of the modification) keeps the block outputs "
+            "nearer unit variance at initialisation than x + f(x) (DESIGN §3).", "added", closer,
+            f"block-output variance at init grows x{fw:.3g} per block with it, x{fo:.3g} without",
+            "|log(per-block variance factor)| is smaller with the modification"))
     table = "; ".join(f"lr {lr:g}: with {cell(by['with'].get(lr))}, without {cell(by['without'].get(lr))}, "
                       f"bn {cell(by['bn'][lr])}" for lr in lrs)
-    yes = ["yes" if ok else "no" for ok in parts]
-    measured = (f"(1) {yes[0]}: without the modification trained at {len(without_ok)}/{len(lrs)} rates; (2) {yes[1]}: "
-                f"with it at {len(with_ok)}/{len(lrs)}; (3) {yes[2]}: at lr {top if top is not None else '-'} "
-                f"(BN's largest trained rate) with it: {cell(at_top)}; (4) {yes[3]}: BN trained at "
-                f"{len(bn_ok)}/{len(lrs)}. Final losses: {table}.")
-    headline = (f"trains with the modification at {len(with_ok)}/{len(lrs)} rates, without at {len(without_ok)}, "
-                f"BN at {len(bn_ok)}; at lr {top if top is not None else '-'} with it: {cell(at_top)}")
-    return common.verdict(CLAIM, criterion, measured, all(parts), headline)
+    parts[0]["measured"] += f". All rates: {table}"
+    n_with = sum(ok("with", lr) for lr in lrs)
+    n_without = sum(ok("without", lr) for lr in lrs)
+    headline = (f"at the paper-equivalent lr {at:g}: with the modification {cell(by['with'].get(at))}, without "
+                f"{cell(by['without'].get(at))}; trains at {n_with}/{len(lrs)} rates with it, {n_without} without, "
+                f"BN at {len(bn_ok)}")
+    for model, rs in (beside or {}).items():
+        w = [r for r in rs if r["config"] == "with"]
+        wo = [r for r in rs if r["config"] == "without"]
+        headline += (f"; {model}: with it trains at {sum(r['status'] == 'trained' for r in w)}/{len(w)} "
+                     f"(diverged at {sum(r['status'] == 'diverged' for r in w)}), without at "
+                     f"{sum(r['status'] == 'trained' for r in wo)}/{len(wo)}")
+    return common.verdict_of(CLAIM, parts, headline)
 
 
 # -- diagnostic probe ---------------------------------------------------------------------------------
@@ -328,28 +395,36 @@ def run(ctx, p: Params) -> dict:
             bundle = norms.get("normprop", gamma_init=gamma, residual_scale=scale)
             model = models.build(p.model, bundle, ld.num_classes, ld.in_shape).to(ctx.device)
             probes[f"gamma={gamma:.3g}, {'with' if scale else 'without'}"] = probe_blocks(model, x)
+    jobs = [(p.model, c) for c in CONFIGS] + [(m, c) for m in p.beside for c in CONFIGS if c[0] != "bn"]
     runs = []
-    bar = ctx.progress(total=len(CONFIGS) * len(p.lrs), desc="normprop-residual")
-    for key, method, scale in CONFIGS:
+    bar = ctx.progress(total=len(jobs) * len(p.lrs), desc="normprop-residual")
+    for model_name, (key, method, scale) in jobs:
         for lr in p.lrs:
-            runs.append(train_config(ctx, p, key, method, scale, lr, batches, ld.in_shape, ld.num_classes))
+            runs.append(train_config(ctx, p, key, method, scale, lr, batches, ld.in_shape, ld.num_classes,
+                                     model_name))
             bar.update(1)
     bar.close()
-    mark_poor(runs, p.poor)
-    v = verdict(runs, p.poor)
-    plot(ctx, p, runs, probes, v, chance)
-    rows = [[r["config"], r["lr"], r["status"] + (" (poor)" if r["poor_minimum"] else ""),
+    mark_poor([r for r in runs if r["model"] == p.model], p.poor)
+    judged = [r for r in runs if r["model"] == p.model]
+    beside = {m: [r for r in runs if r["model"] == m] for m in p.beside}
+    g0 = f"{p.gamma_inits[0]:.3g}"
+    factors = {k: per_block_factor(probes[f"gamma={g0}, {k}"]["var"]) for k in ("with", "without")}
+    paper_lr = p.paper_lr * p.batch_size / 256
+    v = verdict(judged, p.poor, paper_lr, factors, beside)
+    plot(ctx, p, judged, probes, v, chance)
+    rows = [[r["model"], r["config"], r["lr"], r["status"] + (" (poor)" if r.get("poor_minimum") else ""),
              r["diverged_at"] if r["diverged_at"] is not None else "-", r["losses"][0], r["final_loss"]]
             for r in runs]
-    summary = common.table(["config", "lr", "status", "diverged@", "loss0", "final loss"], rows)
+    summary = common.table(["model", "config", "lr", "status", "diverged@", "loss0", "final loss"], rows)
     summary += "\n\n" + common.table(
         ["probe at init", "var first", "var last", "x per block", "mean join skew", "mean act gain"],
         [[k, pr["var"][0], pr["var"][-1], per_block_factor(pr["var"]), sum(pr["join_skew"]) / len(pr["join_skew"]),
           sum(pr["act_gain"]) / len(pr["act_gain"])] for k, pr in probes.items()])
-    meas = {"model": p.model, "in_shape": list(ld.in_shape), "chance_loss": chance,
+    meas = {"model": p.model, "beside": list(p.beside), "in_shape": list(ld.in_shape), "chance_loss": chance,
+            "paper_equivalent_lr": paper_lr, "judged_at_lr": paper_rate(p.lrs, paper_lr),
             "status_definition": f"diverged: a loss non-finite or > {p.blowup:g} x the first; trained: final loss "
                                  f"(mean of the last {p.tail:.0%} of steps) <= {p.trained_below:g} x ln(classes); "
                                  f"poor minimum: trained NormProp > {p.poor:g} x BN's final loss at the same rate",
-            "runs": runs, "probe": p.probe, "probes_at_init": probes,
+            "runs": runs, "probe": p.probe, "probes_at_init": probes, "variance_factor_per_block": factors,
             "rectified_normal_skewness": rectified_normal_skewness(), "explanation": explain(probes)}
     return ctx.finish(meas, v, summary)

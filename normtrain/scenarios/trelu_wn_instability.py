@@ -238,7 +238,8 @@ def verdict(wn: dict, ctrl: dict | None, p: Params) -> dict:
             f"; its mean row coherence {ctrl['coherence_start']:.3f} -> {ctrl['coherence_end']:.3f}",
             f"{p.control} does not diverge and its r grows by < {p.norm_growth:g}x"))
     headline = ((f"no divergence in {wn['steps']} steps (inconclusive)" if d is None else f"diverged at step {d}")
-                + f"; r x{grow:.2g} ({'>=' if s2 else '<'} {p.norm_growth:g}x)"
+                + f"; r x{grow:.2g} ({'>=' if grow >= p.norm_growth else '<'} {p.norm_growth:g}x"
+                + (f", but r = {wn['ratio_end']:.2g} <= 1 at the end)" if wn["ratio_end"] <= 1 else ")")
                 + (f", growth starts at step {gs['step']} in {gs['layer']}" if gs else "")
                 + f"; coherence {rise:+.2f}")
     return common.verdict_of(CLAIM, parts, headline)

@@ -18,13 +18,18 @@ seeds (seed s: initial weights and data order), on the built-in digits (or
 over the last ``tail`` of the steps) and the evaluation loss and top-1 of the
 final weights.
 
-Verdict: in final training loss (mean over seeds), GN > GN+eq. 6 > GN+eq. 5 >
-GN+WS, each of the three gaps larger than its standard error over the seeds
-(a gap within the seeds' noise does not count): eq. 6 helps without eq. 5 and
-with it, and eq. 5 helps more than eq. 6.
+Verdict, three parts, all the paper's sentence: ``eq6-without-eq5`` (GN+eq. 6
+ends below GN), ``eq6-with-eq5`` (GN+WS below GN+eq. 5) and ``eq5-major`` (eq.
+5's gain over GN exceeds eq. 6's), in final training loss. Seed s of every
+configuration shares its initial weights and data order, so each gap is taken
+per seed (paired) and is *shown* at >= 2 standard errors and >= ``min_effect``;
+shown equal (the 2-SE interval inside +-min_effect) is not reproduced; anything
+else is inconclusive, and the headline gives the smallest gap these seeds could
+detect (the power) and the measured ``seeds_to_decide``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +67,8 @@ class Params(common.Params):
     """Seeds per configuration (seed, seed + 1, ...): initial weights and data order."""
     tail: float = 0.2
     """Final training loss = mean over this last fraction of the steps."""
+    min_effect: float = 0.01
+    """Smallest gap in final training loss (nats) that counts as an improvement."""
     image_size: int = 0
     """With --data: resize to this size (0 = natural size)."""
     threads: int = 1
@@ -70,7 +77,7 @@ class Params(common.Params):
     def check(self) -> None:
         super().check()
         common.known(self.model)
-        for k in ("groups", "steps", "batch_size", "lr", "seeds"):
+        for k in ("groups", "steps", "batch_size", "lr", "seeds", "min_effect"):
             common.positive(k, getattr(self, k))
         common.positive("weight_decay", self.weight_decay, allow_zero=True)
         common.positive("image_size", self.image_size, allow_zero=True)
@@ -85,24 +92,40 @@ def final_loss(losses: list[float], tail: float) -> float:
     return sum(part) / k if all(v == v and abs(v) != float("inf") for v in part) else float("nan")
 
 
-def verdict(final: dict) -> dict:
-    """final[config] = per-seed final training losses, for the four CONFIGS names."""
+def verdict(final: dict, min_effect: float = 0.01) -> dict:
+    """final[config] = per-seed final training losses, for the four CONFIGS names (seed i of every config shares
+    its initial weights and data order, so gaps are paired by seed)."""
     names = [c[0] for c in CONFIGS]
-    criterion = ("mean final training loss over the seeds orders gn > gn+eq6 > gn+eq5 > gn+ws, each of the three "
-                 "gaps larger than its standard error over the seeds")
     if any(not final.get(n) for n in names):
-        return common.verdict(CLAIM, criterion, "needs runs of gn, gn+eq6, gn+eq5 and gn+ws", False, "no result")
-    gaps = [(names[i + 1], names[i], common.below(final[names[i + 1]], final[names[i]])) for i in range(3)]
-    ok = all(g["shown"] for _, _, g in gaps)
-    means = ", ".join(f"{n} {common.pm(final[n])}" for n in names)
-    cmp = "; ".join(f"{a} below {b} by {g['gap']:.3g} (s.e. {g['se']:.2g}{'' if g['shown'] else ', not shown'})"
-                    for a, b, g in gaps)
-    measured = f"final training loss (mean ± std over {len(final[names[0]])} seeds): {means}; {cmp}."
-    def gain(g):
-        return f"{g['gap']:.2g} ± {g['se']:.1g} ({'shown' if g['shown'] else 'not shown'})"
-    headline = (f"loss gain of eq. 5 {gain(gaps[1][2])}; of eq. 6 without eq. 5 {gain(gaps[0][2])}, "
-                f"with it {gain(gaps[2][2])}")
-    return common.verdict(CLAIM, criterion, measured, ok, headline)
+        return common.not_judged(CLAIM, "needs runs of gn, gn+eq6, gn+eq5 and gn+ws")
+    f = final
+    rule = (f"shown at >= 2 standard errors of the per-seed (paired) gaps and >= {min_effect:g}; inconclusive "
+            f"below, with the seeds that would decide it")
+    d6 = common.paired_difference(f["gn"], f["gn+eq6"], min_effect)
+    d6w = common.paired_difference(f["gn+eq5"], f["gn+ws"], min_effect)
+    gain5 = [a - b for a, b in zip(f["gn"], f["gn+eq5"])]
+    gain6 = [a - b for a, b in zip(f["gn"], f["gn+eq6"])]
+    dmaj = common.paired_difference(gain5, gain6, min_effect)
+    parts = [
+        common.part("eq6-without-eq5", "Eq. 6 (weight scaling) slightly improves training without eq. 5: GN+eq. 6 "
+                    "ends below GN (Qiao et al. 2019 §2.3, Fig. 4 left/middle).", "paper", common.state_greater(d6),
+                    f"GN - GN+eq6 final loss {common.shown_text(d6)}", "GN's final training loss is above GN+eq6's, "
+                    + rule),
+        common.part("eq6-with-eq5", "Eq. 6 slightly improves training with eq. 5: GN+WS ends below GN+eq. 5.",
+                    "paper", common.state_greater(d6w), f"GN+eq5 - GN+WS final loss {common.shown_text(d6w)}",
+                    "GN+eq5's final training loss is above GN+WS's, " + rule),
+        common.part("eq5-major", "The major improvement comes from eq. 5 (centering): its gain over GN is larger "
+                    "than eq. 6's.", "paper", common.state_greater(dmaj),
+                    f"gain of eq. 5 {common.mean_std(gain5)[0]:.3g}, of eq. 6 {common.mean_std(gain6)[0]:.3g}: "
+                    f"difference {common.shown_text(dmaj)}",
+                    "(GN - GN+eq5) exceeds (GN - GN+eq6), " + rule),
+    ]
+    d5 = common.paired_difference(f["gn"], f["gn+eq5"], min_effect)
+    power = max(d["detectable"] for d in (d6, d6w, dmaj) if math.isfinite(d["detectable"])) if all(
+        math.isfinite(d["detectable"]) for d in (d6, d6w, dmaj)) else float("nan")
+    headline = (f"loss gain of eq. 5 {common.shown_text(d5)}; of eq. 6 without eq. 5 {d6['gap']:+.2g}, with it "
+                f"{d6w['gap']:+.2g} ({len(f['gn'])} seeds detect gaps >= {power:.2g})")
+    return common.verdict_of(CLAIM, parts, headline)
 
 
 def smooth(xs: list[float], k: int) -> list[float]:
@@ -169,7 +192,7 @@ def run(ctx, p: Params) -> dict:
     bar.close()
     final = {name: [r["final_loss"] for r in rs] for name, rs in runs.items()}
     evals = {name: [r["eval"]["top1"] for r in rs] for name, rs in runs.items()}
-    v = verdict(final)
+    v = verdict(final, p.min_effect)
     plot(ctx, p, runs, final, evals, v)
     rows = [[name, common.pm(final[name]), common.pm(evals[name]),
              common.pm([r["eval"]["loss"] for r in runs[name]]),

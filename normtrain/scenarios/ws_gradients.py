@@ -25,20 +25,26 @@ for every WS layer and output channel: the three terms divided by
 weight the conv applies, captured with retain_grad); averaged over channels,
 then over layers.
 
-The random-direction baseline: for a gradient with a random direction (isotropic
-in R^I) E[(1/I) <W_hat, g>^2 / ||g||^2] = ||W_hat||^2 / I^2 = 1/I, and the same
-1/I for eq. 9's term (||1||^2 = I too). So "< 0.02" holds for any random
-gradient once I > 50 (ResNet-56's 3x3 convs have I = 144..576): it cannot fail.
-What does distinguish a real gradient is the *comparison* of the two
-reductions, equal for a random direction. Every recorded step also measures
-both shares for ``random_draws`` Gaussian directions of each layer's shape
-(the measured baseline, next to the analytic 1/I).
+Why the share is small, and the null arm. Under BN after a WS conv the loss is
+invariant to scaling each channel's W_hat, so <W_hat_c, grad_c> = 0: eq. 8's
+term is 0 by scale invariance, whatever the training. Under GN the loss is
+invariant to scaling the channels of one group together, so only each group's
+sum of <W_hat_c, grad_c> vanishes (measured: ``group_sum`` in the records). An
+isotropic random direction gives 1/I for each of the two terms (so "< 0.02"
+holds for any random gradient once I > 50), but it is not the right null: the
+null is a network whose loss is not scale invariant. The ``null`` arm (default
+``none``: the same network without any normalization; or ``ws``, WS without an
+activation norm, which overflows in deep nets) trains on the same batches, and
+its shares are measured the same way on its own conv gradients g = grad_W L
+(W_hat its standardized weight, grad_W_hat = sigma g): cos^2(W_hat, g) and
+cos^2(1, g).
 
-Verdict (at every recorded step): the eq. 8 share is below ``small`` (the
-paper's 0.02) and below the sigma^2 ||grad_W L||^2 share, and the eq. 9 share is
-at least ``ratio`` x the eq. 8 share (a random direction gives a ratio of about
-1, so the verdict is false if the gradients' eq. 8 and eq. 9 terms are what
-chance gives); with ws_eps = 0 the three terms must also sum to the total.
+Verdict, in parts: the paper's ``eq8-small``: at every recorded step the eq. 8
+share is below ``small`` (the paper's 0.02) and below both other shares; ours,
+``null-arm``: the null arm's eq. 8 share exceeds ``norm``'s by a gap shown at >=
+2 standard errors over the recorded steps and >= ``min_effect`` (shown equal:
+not reproduced, i.e. the small share is not WS's doing); ``decomposition``: with
+ws_eps = 0 the three terms sum to the total (residual < 1e-4).
 """
 from __future__ import annotations
 
@@ -56,8 +62,8 @@ USES_DATA = True
 
 CLAIM = ("During GN+WS training the gradient-norm reduction of eq. 8, (1/I)<W_hat, grad_W_hat L>^2, is small "
          "(< 0.02 of ||grad_W_hat L||^2) compared with eq. 9's (1/I)<1, grad_W_hat L>^2 and with "
-         "sigma^2 ||grad_W L||^2 (Qiao et al. 2019 §2.3, Fig. 4 right); a random gradient direction would make "
-         "the two reductions equal (about 1/I each).")
+         "sigma^2 ||grad_W L||^2 (Qiao et al. 2019 §2.3, Fig. 4 right); our control: a network without "
+         "normalization, whose loss is not scale invariant, has a larger eq. 8 share.")
 
 
 @dataclass
@@ -80,10 +86,10 @@ class Params(common.Params):
     """Mini-batch size."""
     small: float = 0.02
     """The paper's bound on the eq. 8 share."""
-    ratio: float = 2.0
-    """The eq. 9 share must be >= ratio x the eq. 8 share (random directions: about 1)."""
-    random_draws: int = 8
-    """Random Gaussian gradient directions per layer and recorded step for the chance baseline."""
+    null: str = "none"
+    """The non-invariant arm: the same network with this method (none, or ws: WS without an activation norm), whose loss is not scale invariant; its shares are measured the same way."""
+    min_effect: float = 0.005
+    """Smallest difference of eq. 8 shares that counts (a quarter of the paper's 0.02 bound)."""
     image_size: int = 0
     """With --data: resize to this size (0 = natural size)."""
     threads: int = 1
@@ -94,8 +100,10 @@ class Params(common.Params):
         common.known(self.model)
         if self.norm not in ("ws", "ws-gn", "ws-bn"):
             raise ValueError("norm: must be ws, ws-gn or ws-bn")
-        for k in ("groups", "steps", "record_every", "lr", "batch_size", "small", "ratio", "random_draws"):
+        for k in ("groups", "steps", "record_every", "lr", "batch_size", "small", "min_effect"):
             common.positive(k, getattr(self, k))
+        if self.null not in ("none", "ws"):
+            raise ValueError("null: must be none or ws (a network without an activation norm)")
         common.positive("ws_eps", self.ws_eps, allow_zero=True)
         common.positive("image_size", self.image_size, allow_zero=True)
 
@@ -118,15 +126,38 @@ def terms(w_hat: torch.Tensor, g_hat: torch.Tensor, w_raw: torch.Tensor, g_raw: 
             "channels": int(keep.sum())}
 
 
-def random_shares(w_hat: torch.Tensor, draws: int, generator: torch.Generator) -> dict:
-    """Eq. 8 and eq. 9 shares for `draws` Gaussian gradient directions (the chance baseline), and 1/I."""
-    w = w_hat.detach().double().flatten(1)
+def direction_shares(w: torch.Tensor, g: torch.Tensor) -> dict:
+    """Eq. 8 / eq. 9 shares of a plain layer's gradient g = grad_W L, per output channel, averaged.
+
+    With W = mean + sigma W_hat the weight the layer applies, grad_{W_hat} L = sigma g, so the shares
+    (1/I) <W_hat, grad_W_hat L>^2 / ||grad_W_hat L||^2 and (1/I) <1, grad_W_hat L>^2 / ||grad_W_hat L||^2 are
+    cos^2(W_hat, g) and cos^2(1, g): what the two terms would be for this network's own gradients (the null arm).
+    1/I each for an isotropic random g."""
+    w, g = w.detach().double().flatten(1), g.detach().double().flatten(1)
     n = w.shape[1]
-    g = torch.randn((draws,) + tuple(w.shape), generator=generator, dtype=torch.float64).to(w.device)
-    total = g.pow(2).sum(-1)
-    eq8 = (w * g).sum(-1).pow(2) / n / total
-    eq9 = g.sum(-1).pow(2) / n / total
-    return {"eq8": eq8.mean().item(), "eq9": eq9.mean().item(), "chance": 1.0 / n}
+    w_hat = (w - w.mean(1, keepdim=True)) / w.std(1, unbiased=False, keepdim=True).clamp_min(1e-30)
+    total = g.pow(2).sum(1)
+    keep = total > 0
+    if not keep.any():
+        return {}
+    t = total[keep]
+    return {"eq8": ((w_hat * g).sum(1).pow(2)[keep] / n / t).mean().item(),
+            "eq9": (g.sum(1).pow(2)[keep] / n / t).mean().item(), "chance": 1.0 / n, "channels": int(keep.sum())}
+
+
+def group_sum_share(w_hat: torch.Tensor, g_hat: torch.Tensor, groups: int) -> float:
+    """|sum over a GroupNorm group of <W_hat_c, grad_c>| / sum of |<W_hat_c, grad_c>|, the max over groups.
+
+    Scaling every channel of one group together leaves GN's output unchanged, so each group's sum is 0 (while the
+    single channels' are not); under BN (one channel per 'group') every <W_hat_c, grad_c> is 0: eq. 8 vanishes."""
+    w_hat, g_hat = w_hat.detach().double().flatten(1), g_hat.detach().double().flatten(1)
+    c = w_hat.shape[0]
+    if groups < 1 or c % groups:
+        return float("nan")
+    dots = (w_hat * g_hat).sum(1).view(groups, c // groups)
+    denom = dots.abs().sum(1)
+    keep = denom > 0
+    return (dots.sum(1).abs()[keep] / denom[keep]).max().item() if keep.any() else 0.0
 
 
 def ws_layers(model) -> list:
@@ -150,58 +181,96 @@ def capture(layers, ws_eps: float) -> dict:
     return store
 
 
-def measure(layers, store, draws: int = 0, generator: torch.Generator | None = None) -> dict:
-    """Mean shares over layers (and, with draws > 0, the random-direction baseline) for one backward pass."""
+def measure(layers, store, groups: int = 0) -> dict:
+    """Mean shares over the WS layers for one backward pass (with `groups`: the GN group-sum check of the convs)."""
     per = []
     for m in layers:
         if m in store and store[m].grad is not None and m.weight.grad is not None:
             r = terms(store[m], store[m].grad, m.weight, m.weight.grad)
-            if draws:
-                rnd = random_shares(store[m], draws, generator)
-                r.update({"random_eq8": rnd["eq8"], "random_eq9": rnd["eq9"], "chance": rnd["chance"]})
+            r["chance"] = 1.0 / store[m][0].numel()
+            if groups and isinstance(m, WSConv2d):
+                r["group_sum"] = group_sum_share(store[m], store[m].grad, groups)
             per.append(r)
     if not per:
         return {}
     k = len(per)
     out = {"eq8": sum(r["eq8"] for r in per) / k, "eq9": sum(r["eq9"] for r in per) / k,
            "rest": sum(r["rest"] for r in per) / k, "residual": max(r["residual"] for r in per),
-           "layers": k, "per_layer": per}
-    if draws:
-        for key in ("random_eq8", "random_eq9", "chance"):
-            out[key] = sum(r[key] for r in per) / k
+           "chance": sum(r["chance"] for r in per) / k, "layers": k, "per_layer": per}
+    sums = [r["group_sum"] for r in per if "group_sum" in r and math.isfinite(r["group_sum"])]
+    if sums:
+        out["group_sum"] = max(sums)
     return out
 
 
-def verdict(records: list[dict], small: float = 0.02, exact: bool = True, ratio: float = 2.0) -> dict:
-    """records: `measure` outputs (eq8/eq9/rest shares, residual, random baseline) at the recorded steps."""
-    criterion = (f"at every recorded step the mean eq. 8 share is < {small:g} and below the sigma^2||grad_W L||^2 "
-                 f"share, and the eq. 9 share is >= {ratio:g} x the eq. 8 share (a random gradient direction gives "
-                 f"about 1 x: both are 1/I on average)" + (" and the three terms sum to the total (residual < 1e-4)"
-                                                           if exact else ""))
+def measure_plain(model) -> dict:
+    """The null arm's shares (`direction_shares`) averaged over its conv layers, for one backward pass."""
+    per = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.grad is not None:
+            r = direction_shares(common.effective_weight(m), m.weight.grad)
+            if r:
+                per.append(r)
+    if not per:
+        return {}
+    k = len(per)
+    return {"eq8": sum(r["eq8"] for r in per) / k, "eq9": sum(r["eq9"] for r in per) / k,
+            "chance": sum(r["chance"] for r in per) / k, "layers": k}
+
+
+PAPER_CLAIM = ("(1/I)<W_hat, grad_W_hat L>^2 (eq. 8's reduction) is small compared with the other two components, "
+               "(1/I)<1, grad_W_hat L>^2 (eq. 9's) and sigma^2 ||grad_W L||^2 (< 0.02) (Qiao et al. 2019 §2.3, "
+               "Fig. 4 right).")
+
+
+def verdict(records: list[dict], null: list[dict] | None = None, small: float = 0.02, exact: bool = True,
+            min_effect: float = 0.005, norm: str = "ws-gn", null_name: str = "none") -> dict:
+    """records: `measure` outputs at the recorded steps; null: `measure_plain` outputs of the non-invariant arm."""
     recs = [r for r in records if r]
     if not recs:
-        return common.verdict(CLAIM, criterion, "nothing recorded", False, "nothing recorded")
-    ok = all(r["eq8"] < small and r["eq8"] < r["rest"] and r["eq9"] >= ratio * r["eq8"] for r in recs)
-    resid = max(r["residual"] for r in recs)
+        return common.not_judged(CLAIM, "nothing recorded")
+    mean = {k: sum(r[k] for r in recs) / len(recs) for k in ("eq8", "eq9", "rest", "chance")}
+    ok = all(r["eq8"] < small and r["eq8"] < r["rest"] and r["eq8"] < r["eq9"] for r in recs)
+    parts = [common.part(
+        "eq8-small", PAPER_CLAIM, "paper", ok,
+        f"over {len(recs)} recorded steps, mean shares of ||grad_W_hat L||^2: eq. 8 {mean['eq8']:.3g} (max "
+        f"{max(r['eq8'] for r in recs):.3g}), eq. 9 {mean['eq9']:.3g}, sigma^2||grad_W L||^2 {mean['rest']:.3g}; "
+        f"a random direction gives 1/I = {mean['chance']:.3g} for each of the first two",
+        f"at every recorded step the eq. 8 share is < {small:g} and below both other shares",
+        {"value": "< 0.02", "where": "§2.3, Fig. 4 right"})]
+    nulls = [r for r in (null or []) if r]
+    gsum = [r["group_sum"] for r in recs if "group_sum" in r]
+    why = ("under BN the loss is invariant to scaling each channel's W_hat, so eq. 8 is 0 for every channel; under "
+           "GN it is invariant to scaling a group's channels together, so only each group's sum vanishes"
+           + (f" (measured: max |group sum| / sum |terms| {max(gsum):.1e})" if gsum else ""))
+    claim_null = (f"The small eq. 8 share is a property of {norm} training, not of any network's gradients: in the "
+                  f"same network without activation normalization ({null_name}, whose loss is not scale invariant) "
+                  f"the share is larger (our control; {why}).")
+    crit_null = (f"{null_name}'s eq. 8 share (cos^2 of its gradient with its standardized weight) exceeds {norm}'s by a "
+                 f"gap shown at >= 2 standard errors over the recorded steps and >= {min_effect:g}; shown equal (the "
+                 f"2-SE interval inside +-{min_effect:g}): not reproduced")
+    if nulls:
+        d = common.difference([r["eq8"] for r in nulls], [r["eq8"] for r in recs], min_effect)
+        null_eq8 = common.mean_std([r["eq8"] for r in nulls])[0]
+        meas_null = (f"{null_name}: eq. 8 share {null_eq8:.3g} (eq. 9 {common.mean_std([r['eq9'] for r in nulls])[0]:.3g}) "
+                     f"vs {norm} {mean['eq8']:.3g}: gap {d['gap']:+.3g} ± {d['se']:.2g} (s.e.)"
+                     + (", shown equal" if d["equal"] else ", shown" if d["shown"] else ", not shown"))
+        parts.append(common.part("null-arm", claim_null, "added", common.state_greater(d), meas_null, crit_null))
+    else:
+        null_eq8 = float("nan")
+        parts.append(common.part("null-arm", claim_null, "added", common.NA, f"{null_name} recorded nothing "
+                                 "(diverged at once?)", crit_null))
     if exact:
-        ok = ok and resid < 1e-4
-    mean = {k: sum(r[k] for r in recs) / len(recs) for k in ("eq8", "eq9", "rest")}
-    min_ratio = min(r["eq9"] / r["eq8"] if r["eq8"] > 0 else float("inf") for r in recs)
-    base = ""
-    if all("random_eq8" in r for r in recs):
-        rnd = {k: sum(r[k] for r in recs) / len(recs) for k in ("random_eq8", "random_eq9", "chance")}
-        base = (f"; random directions: eq. 8 {rnd['random_eq8']:.3g}, eq. 9 {rnd['random_eq9']:.3g} "
-                f"(1/I {rnd['chance']:.3g}): the measured eq. 8 share is {mean['eq8'] / rnd['random_eq8']:.3g}x "
-                f"chance, eq. 9 {mean['eq9'] / rnd['random_eq9']:.3g}x")
-    measured = (f"over {len(recs)} recorded steps, mean shares of ||grad_W_hat L||^2: eq. 8 {mean['eq8']:.3g} "
-                f"(max {max(r['eq8'] for r in recs):.3g}), eq. 9 {mean['eq9']:.3g} (eq. 9 / eq. 8 >= "
-                f"{min_ratio:.3g}), sigma^2||grad_W L||^2 {mean['rest']:.3g}{base}; decomposition residual "
-                f"{resid:.1e}.")
-    headline = f"eq. 8 share {mean['eq8']:.3g} (< {small:g}), eq. 9 / eq. 8 >= {min_ratio:.3g}x (random: ~1x)"
-    return common.verdict(CLAIM, criterion, measured, ok, headline)
+        resid = max(r["residual"] for r in recs)
+        parts.append(common.part("decomposition", "The three terms add up to ||grad_W_hat L||^2 (eq. 11-15 with "
+                                 "eps = 0; our check of the measurement).", "added", resid < 1e-4,
+                                 f"max relative residual {resid:.1e}", "residual < 1e-4"))
+    headline = (f"eq. 8 share {mean['eq8']:.3g} (< {small:g}; eq. 9 {mean['eq9']:.3g}, 1/I {mean['chance']:.3g}); "
+                f"without normalization ({null_name}) {null_eq8:.3g}")
+    return common.verdict_of(CLAIM, parts, headline)
 
 
-def plot(ctx, recs: list[dict], v: dict, p: Params) -> None:
+def plot(ctx, recs: list[dict], null: list[dict], v: dict, p: Params) -> None:
     labels = {"eq8": ("(1/I)<W_hat, grad>^2  (eq. 8)", "tab:blue"),
               "eq9": ("(1/I)<1, grad>^2  (eq. 9)", "tab:orange"),
               "rest": ("sigma^2 ||grad_W L||^2", "tab:green")}
@@ -210,11 +279,13 @@ def plot(ctx, recs: list[dict], v: dict, p: Params) -> None:
         ax = axes[0][0]
         steps = [r["step"] for r in recs]
         for k, (lab, c) in labels.items():
-            ax.plot(steps, [max(r[k], 1e-12) for r in recs], "-o", ms=4, color=c, label=lab)
-        if "random_eq8" in recs[0]:
-            ax.plot(steps, [r["random_eq8"] for r in recs], "--", color="tab:blue", label="eq. 8, random direction")
-            ax.plot(steps, [r["random_eq9"] for r in recs], ":", color="tab:orange", lw=2.5,
-                    label="eq. 9, random direction")
+            ax.plot(steps, [max(r[k], 1e-12) for r in recs], "-o", ms=4, color=c, label=f"{p.norm}: {lab}")
+        if null:
+            ax.plot([r["step"] for r in null], [max(r["eq8"], 1e-12) for r in null], "--s", ms=4, color="tab:blue",
+                    label=f"{p.null} (no norm): eq. 8 share")
+            ax.plot([r["step"] for r in null], [max(r["eq9"], 1e-12) for r in null], ":s", ms=4, color="tab:orange",
+                    lw=2.5, label=f"{p.null} (no norm): eq. 9 share")
+        ax.plot(steps, [r["chance"] for r in recs], "-", color="gray", lw=1, label="1/I (random direction)")
         ax.axhline(p.small, color="k", lw=1, ls="-.", label=f"paper's bound {p.small:g}")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
@@ -226,8 +297,7 @@ def plot(ctx, recs: list[dict], v: dict, p: Params) -> None:
         xs = range(1, len(last) + 1)
         for k, (lab, c) in labels.items():
             ax.plot(xs, [max(r[k], 1e-12) for r in last], color=c, label=lab)
-        if "chance" in last[0]:
-            ax.plot(xs, [r["chance"] for r in last], "--", color="gray", label="1/I (random direction)")
+        ax.plot(xs, [r["chance"] for r in last], "--", color="gray", label="1/I (random direction)")
         ax.set_yscale("log")
         ax.set_xlabel("WS layer (forward order)")
         ax.set_ylabel("share of ||grad_W_hat L||^2")
@@ -236,20 +306,21 @@ def plot(ctx, recs: list[dict], v: dict, p: Params) -> None:
         ctx.savefig(fig, "ws_gradients.png", v)
 
 
-def run(ctx, p: Params) -> dict:
-    ld = common.loader(ctx, p.batch_size, "train", p.image_size)
+def train_arm(ctx, p: Params, method: str, ld) -> dict:
+    """`steps` SGD steps of `method` on the loader's stream, recording the shares every `record_every` steps."""
     torch.manual_seed(p.seed)
-    model = models.build(p.model, norms.get(p.norm, groups=p.groups), ld.num_classes, ld.in_shape).to(ctx.device)
+    model = models.build(p.model, norms.get(method, groups=p.groups), ld.num_classes, ld.in_shape).to(ctx.device)
     model.train()
     layers = ws_layers(model)
-    store = capture(layers, p.ws_eps)
+    store = capture(layers, p.ws_eps) if layers else None
+    groups = p.groups if method == "ws-gn" else 0
     opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=0.9)
     it = common.forever(ld)
-    gen = torch.Generator().manual_seed(p.seed + 1)
     recs, losses, diverged = [], [], None
-    for step in ctx.progress(range(p.steps + 1), desc="ws-gradients"):
+    for step in ctx.progress(range(p.steps + 1), desc=f"ws-gradients {method}"):
         x, y = next(it)
-        store.clear()
+        if store is not None:
+            store.clear()
         loss = F.cross_entropy(model(x).float(), y)
         value = float(loss.detach())
         losses.append(value)
@@ -259,22 +330,35 @@ def run(ctx, p: Params) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step % p.record_every == 0 or step == p.steps:
-            r = measure(layers, store, p.random_draws, gen)
+            r = measure(layers, store, groups) if layers else measure_plain(model)
             if r:
                 r["step"] = step
                 r["loss"] = value
                 recs.append(r)
-                ctx.scalars("share", {k: r[k] for k in ("eq8", "eq9", "rest")}, step)
-        ctx.scalar("train/loss", value, step)
+                ctx.scalars(f"share/{method}", {k: r[k] for k in ("eq8", "eq9", "rest") if k in r}, step)
+        ctx.scalar(f"{method}/train_loss", value, step)
         if step < p.steps:
             opt.step()
-    v = verdict(recs, p.small, exact=p.ws_eps == 0, ratio=p.ratio)
+    return {"method": method, "ws_layers": len(layers), "records": recs, "losses": losses, "diverged_at": diverged}
+
+
+def run(ctx, p: Params) -> dict:
+    ld = common.loader(ctx, p.batch_size, "train", p.image_size)
+    arm = train_arm(ctx, p, p.norm, ld)
+    null = train_arm(ctx, p, p.null, ld)
+    recs = arm["records"]
+    v = verdict(recs, null["records"], p.small, exact=p.ws_eps == 0, min_effect=p.min_effect, norm=p.norm,
+                null_name=p.null)
     if recs:
-        plot(ctx, recs, v, p)
+        plot(ctx, recs, null["records"], v, p)
+    nulls = {r["step"]: r for r in null["records"]}
     rows = [[r["step"], r["loss"], r["eq8"], r["eq9"], r["rest"], r["eq8"] + r["eq9"] + r["rest"], r["residual"],
-             r.get("random_eq8"), r.get("random_eq9")] for r in recs]
-    summary = common.table(["step", "loss", "eq8 share", "eq9 share", "sigma2|gW|2 share", "sum", "residual",
-                            "random eq8", "random eq9"], rows)
-    meas = {"model": p.model, "norm": p.norm, "ws_layers": len(layers), "records": recs, "losses": losses,
-            "diverged_at": diverged}
+             r["chance"], nulls.get(r["step"], {}).get("eq8"), nulls.get(r["step"], {}).get("eq9")] for r in recs]
+    summary = common.table(["step", "loss", "eq8 share", "eq9 share", "sigma2|gW|2 share", "sum", "residual", "1/I",
+                            f"{p.null} eq8", f"{p.null} eq9"], rows)
+    meas = {"model": p.model, "norm": p.norm, "ws_layers": arm["ws_layers"], "records": recs, "losses": arm["losses"],
+            "diverged_at": arm["diverged_at"],
+            "null_arm": {"method": p.null, "definition": "shares of the arm's own conv gradients g = grad_W L: "
+                         "cos^2(W_hat, g) (eq. 8) and cos^2(1, g) (eq. 9), W_hat the standardized weight",
+                         "records": null["records"], "losses": null["losses"], "diverged_at": null["diverged_at"]}}
     return ctx.finish(meas, v, summary)
