@@ -13,6 +13,7 @@ COPY setup.py README.md ./
 COPY normtrain ./normtrain
 COPY recipes ./recipes
 COPY tools ./tools
+COPY docker/entrypoint.sh /opt/normtrain/entrypoint.sh
 # --no-deps keeps the image's own torch, torchvision and DALI; add only the light pure-Python deps.
 RUN pip install --no-cache-dir --no-deps . \
  && pip install --no-cache-dir pyyaml tqdm tensorboard matplotlib \
@@ -20,6 +21,7 @@ RUN pip install --no-cache-dir --no-deps . \
 WORKDIR /workspace
 # Chain to NGC's own entrypoint: it prints the container banner and runs its driver and
 # CUDA-compatibility checks (warning about a missing GPU, an old driver, a small shm), then
-# execs its arguments, here `normtrain ...`.
-ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "normtrain"]
+# execs its arguments, here `normtrain ...`; docker/entrypoint.sh sends the banner to stderr,
+# so that stdout carries normtrain's output only (`... runs --csv > runs.csv`).
+ENTRYPOINT ["/opt/normtrain/entrypoint.sh"]
 CMD ["--help"]

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import io
 import os
 import platform
 import shutil
@@ -60,6 +62,7 @@ class Config:
     channels_last: bool = True
     compile: bool = False
     loop: str = "bare"          # bare | engine
+    norm_options: tuple = ()    # ((key, value), ...): the recipe's per-norm options (trelu-wn's weighted join)
 
     @property
     def batch_label(self) -> str:
@@ -110,6 +113,20 @@ def torchvision_builder(model: str):
     return getattr(torchvision.models, model.replace("-", "_"), None)
 
 
+def recipe_norm_options(recipe: str | None, method: str) -> tuple:
+    """The norm.* options `recipe` gives `method` that differ from the defaults (its per_norm block:
+    resnet50-imagenet gives trelu-wn the weighted join), as ((key, value), ...); () without a recipe."""
+    if not recipe or method == TORCHVISION:
+        return ()
+    import dataclasses
+
+    from . import config
+    norm = config.load(recipe, [("norm.name", method)]).norm
+    default = config.load(None, [("norm.name", method)]).norm
+    return tuple((f.name, getattr(norm, f.name)) for f in dataclasses.fields(norm)
+                 if f.name != "name" and getattr(norm, f.name) != getattr(default, f.name))
+
+
 def build_network(cfg: Config, ghost_groups: int = 4) -> torch.nn.Module:
     torch.manual_seed(0)
     if cfg.method == TORCHVISION:
@@ -118,8 +135,20 @@ def build_network(cfg: Config, ghost_groups: int = 4) -> torch.nn.Module:
             raise ValueError(f"torchvision has no '{cfg.model}'")
         return make(num_classes=cfg.classes)
     from . import models, norms
-    return models.build(cfg.model, norms.get(cfg.method, ghost_groups=ghost_groups), cfg.classes,
-                        (3, cfg.size, cfg.size))
+    options = {**dict(cfg.norm_options), "ghost_groups": ghost_groups}
+    return models.build(cfg.model, norms.get(cfg.method, **options), cfg.classes, (3, cfg.size, cfg.size))
+
+
+def allocated(device: torch.device) -> int:
+    """Bytes the caching allocator holds for tensors on `device` now (0 off CUDA)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def peak_gib(device: torch.device, base: int) -> float | None:
+    """The peak since the last reset, less `base` (what was allocated before the config was built)."""
+    if device.type != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30
 
 
 def uses_group_norm(model: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -186,7 +215,19 @@ class BareRunner:
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
 
-    def time(self, warmup: int, steps: int) -> dict:
+    def step_on(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on the batch (x, y) (a loader's), in this config's layout and precision."""
+        cfg = self.cfg
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.amp, self.device):
+            loss = F.cross_entropy(self.model(x).float(), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+
+    def time(self, warmup: int, steps: int, base: int = 0) -> dict:
         from torch._dynamo.utils import counters
         frames_before = counters["frames"]["ok"]
         for _ in range(warmup):
@@ -202,8 +243,7 @@ class BareRunner:
             self.step()
             sync(self.device)
             times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
-        return {"step_s": statistics.median(times), "peak_mem_gib": peak}
+        return {"step_s": statistics.median(times), "peak_mem_gib": peak_gib(self.device, base)}
 
 
 class EngineRunner:
@@ -217,45 +257,55 @@ class EngineRunner:
         if self.cfg.compile:
             torch._dynamo.reset()
 
-    def time(self, warmup: int, steps: int) -> dict:
+    def time(self, warmup: int, steps: int, base: int = 0) -> dict:
         from . import config, engine
         from torch._dynamo.utils import counters
         cfg, n = self.cfg, warmup + steps
         out = Path(tempfile.mkdtemp(prefix="normtrain-bench-"))
         recipe = config.load(None, [
             ("model.name", cfg.model), ("norm.name", cfg.method), ("norm.ghost_groups", self.ghost_groups),
+            *((f"norm.{k}", v) for k, v in cfg.norm_options),
             ("data.source", "synthetic"), ("data.synthetic_shape", [3, cfg.size, cfg.size]),
             ("data.synthetic_classes", cfg.classes), ("data.batch_size", cfg.images_per_step),
             ("data.synthetic_samples", cfg.images_per_step * n), ("data.eval_batch_size", cfg.micro),
             ("train.accum_steps", cfg.accum), ("train.amp", cfg.amp), ("train.channels_last", cfg.channels_last),
             ("train.compile", cfg.compile), ("train.epochs", 1.0), ("optim.lr", 0.01), ("optim.momentum", 0.9),
             ("log.progress", False), ("log.tensorboard", False), ("log.every_steps", max(n, 1)),
+            ("log.eval_lines", "none"),
             ("run.device", self.device.type), ("run.out", str(out)), ("run.resume", "never")])
         frames_before = counters["frames"]["ok"]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # its summary line is not the benchmark's output
+            # Its own lines (the summary, the final evaluation of an untrained network) are not the
+            # benchmark's output: they would read like results.
+            with contextlib.redirect_stdout(io.StringIO()):
                 res = engine.train(recipe)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         if cfg.compile:
             self.compiled_frames = counters["frames"]["ok"] - frames_before
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
-        # The engine's per-step median over all its steps (warm-up included: the median ignores them).
-        return {"step_s": res["timings"]["step_s_median"], "peak_mem_gib": peak}
+        # Mean step time after the engine's warm-up steps (its images/s): on CUDA the engine's per-step
+        # timer does not synchronise, so single steps measure launch time; their sum over the timed
+        # steps is bounded by the GPU (the launch queue fills), as the bare loop's synchronised steps are.
+        t = res["timings"]
+        step = cfg.images_per_step / t["images_per_s"] if t.get("images_per_s") else t["step_s_median"]
+        return {"step_s": step, "peak_mem_gib": peak_gib(self.device, base)}
 
 
 def plan(models: list[str], methods: list[str], batches: list[tuple[int, int]], amps: list[str], layouts: str,
          compiles: list[bool], loops: list[str], size: int, classes: int, device: torch.device,
-         ghost_groups: int = 4) -> list[Config]:
-    """Every config to time; `layouts`: cl, nchw, both, or auto (cl, plus nchw where group_norm runs)."""
+         ghost_groups: int = 4, recipe: str | None = None) -> list[Config]:
+    """Every config to time; `layouts`: cl, nchw, both, or auto (cl, plus nchw where group_norm runs);
+    each method with the norm options `recipe` gives it (`recipe_norm_options`)."""
     configs, group_norm = [], {}
+    options = {m: recipe_norm_options(recipe, m) for m in methods}
     for model in models:
         names = ([TORCHVISION] if torchvision_builder(model) is not None else []) + list(methods)
         for micro, accum in batches:
             for method in names:
-                base = Config(model, method, micro, accum, size, classes, amps[0], layouts != "nchw")
+                base = Config(model, method, micro, accum, size, classes, amps[0], layouts != "nchw",
+                              norm_options=options.get(method, ()))
                 variants = [base.channels_last] if layouts in ("cl", "nchw") else [True, False]
                 if layouts == "auto":
                     if (model, method) not in group_norm:
@@ -282,22 +332,30 @@ def _calls_group_norm(cfg: Config, device: torch.device, ghost_groups: int) -> b
 
 def run(configs: list[Config], device: torch.device, warmup: int, steps: int, repeats: int = 1,
         ghost_groups: int = 4, compile_backend: str = "inductor", on_row=None) -> list[dict]:
-    """Time every config in `repeats` interleaved rounds; one row per config (see the module doc)."""
-    runners, errors, rounds = {}, {}, {c: [] for c in configs}
+    """Time every config in `repeats` interleaved rounds; one row per config (see the module doc).
+
+    Each config's network, optimizer state and inputs are built for its turn and freed after it, and
+    its peak memory is counted above what was allocated before it was built: one config's memory
+    never appears in another's figure (keeping them all alive squeezed ``mem_vs_bn`` toward 1).
+    """
+    errors, rounds, frames = {}, {c: [] for c in configs}, {}
     for r in range(repeats):
         for cfg in configs:
             if cfg in errors:
                 continue
+            runner = None
             try:
-                if cfg not in runners:
-                    runners[cfg] = (EngineRunner(cfg, device, ghost_groups) if cfg.loop == "engine"
-                                    else BareRunner(cfg, device, ghost_groups, compile_backend))
-                runner = runners[cfg]
+                base = allocated(device)
+                runner = (EngineRunner(cfg, device, ghost_groups) if cfg.loop == "engine"
+                          else BareRunner(cfg, device, ghost_groups, compile_backend))
                 runner.prepare()
-                rounds[cfg].append(runner.time(warmup, steps))
+                rounds[cfg].append(runner.time(warmup, steps, base))
+                frames[cfg] = runner.compiled_frames
             except Exception as e:  # noqa: BLE001 - a config that cannot run is a result
                 errors[cfg] = f"{type(e).__name__}: {e}".splitlines()[0]
-                runners.pop(cfg, None)
+            finally:
+                del runner
+                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     rows = []
@@ -312,7 +370,7 @@ def run(configs: list[Config], device: torch.device, warmup: int, steps: int, re
             row.update(step_s=step, images_per_s=cfg.images_per_step / step, round_step_s=times,
                        spread=(max(times) - min(times)) / step, peak_mem_gib=max(peaks) if peaks else None)
             if cfg.compile:
-                row["compiled_frames"] = runners[cfg].compiled_frames
+                row["compiled_frames"] = frames.get(cfg)
         rows.append(row)
         if on_row:
             on_row(row)
@@ -385,12 +443,16 @@ def make_jpeg_folder(root: Path, images: int, classes: int = 8, seed: int = 0, s
     return Path(root)
 
 
-def loader_images_per_s(data_cfg, device: torch.device, batch: int, batches: int, warmup: int) -> dict:
+def loader_images_per_s(data_cfg, device: torch.device, batch: int, batches: int, warmup: int, step=None,
+                        channels_last: bool = False) -> dict:
     """Images/s of one process's training loader for `data_cfg` (batches end on `device`, as in
-    training), over `batches` timed batches after `warmup`, crossing epochs if the data is small."""
+    training), over `batches` timed batches after `warmup`, crossing epochs if the data is small.
+    With `step` (a function of a batch (x, y): a training step), each batch is also trained on, so the
+    figure is the training rate with this loader feeding it (GPU decoding shares the GPU with it)."""
     from . import data
     t0 = time.perf_counter()
     loader = data.build(data_cfg, "train", data.DataContext(0, 1, device, batch, 0, True))
+    loader.use_channels_last(channels_last)
     build_s = time.perf_counter() - t0
 
     def forever():
@@ -402,12 +464,16 @@ def loader_images_per_s(data_cfg, device: torch.device, batch: int, batches: int
     it = forever()
     x = None
     for _ in range(warmup):
-        x, _ = next(it)
+        x, y = next(it)
+        if step is not None:
+            step(x, y)
     sync(device)
     t0 = time.perf_counter()
     n = 0
     for _ in range(batches):
         x, y = next(it)
+        if step is not None:
+            step(x, y)
         n += len(y)
     sync(device)
     dt = time.perf_counter() - t0
@@ -416,8 +482,9 @@ def loader_images_per_s(data_cfg, device: torch.device, batch: int, batches: int
 
 
 def machine(device: torch.device) -> dict:
+    from . import threads
     info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+            "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpus_available": threads.available()}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):

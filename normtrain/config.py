@@ -172,6 +172,8 @@ class DataConfig:
     """Global batch size (all processes and accumulation steps together)."""
     eval_batch_size: int = 0
     """Global evaluation batch size; 0 = batch_size."""
+    paper_micro_batch: int = 0
+    """Images per GPU in the paper's own runs (0 = not stated). At start, a run whose per-process micro-batch differs says so: per-process batch statistics (bn and its kin) then see another number of images than the paper's."""
     num_classes: int = 0
     """Number of classes; 0 = taken from the data. Must match the data when set."""
     image_size: int = 0
@@ -211,6 +213,7 @@ class DataConfig:
 
     def check(self):
         _range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _range("paper_micro_batch", self.paper_micro_batch, 0, MAX_BATCH)
         _choice("augment", self.augment, AUGMENTS)
         _choice("normalize", self.normalize, ("auto", "per-pixel", "per-channel", "imagenet", "minus-one-one", "none"))
         _range("eval_batch_size", self.eval_batch_size, 0, MAX_BATCH)
@@ -329,8 +332,8 @@ class TrainConfig:
     """Mixed precision: auto (bf16 on CUDA, off on CPU), off, bf16, or fp16 (with a dynamic grad scaler)."""
     channels_last: Optional[bool] = None
     """channels_last memory format for 4-d activations and weights: true, false, or auto (null: on CUDA when the method's kernels support it; GroupNorm-family methods stay NCHW)."""
-    compile: bool = False
-    """Compile the model with torch.compile."""
+    compile: Optional[bool] = None
+    """Compile the model with torch.compile: true, false, or auto (null: on CUDA, on when the per-process micro-batch is <= 8 images or the method's eager forward runs more than 2.5x bn's operators on this network, so that the step is not bound by kernel launches; off on CPU)."""
     cudnn_benchmark: bool = True
     """CUDA: let cuDNN pick the fastest convolution algorithms (torch.backends.cudnn.benchmark)."""
     tf32: bool = True

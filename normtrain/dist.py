@@ -198,8 +198,12 @@ def wrap(model: torch.nn.Module, d: Dist, broadcast_buffers: bool = True, static
     """DDP-wrap for a multi-process run; DDP broadcasts rank 0's weights at construction.
 
     ``gradient_as_bucket_view``: gradients are views into the all-reduce buckets, which
-    saves one gradient-sized copy and its memory (DeepLearningExamples' ResNet-50 and
-    timm turn it on; the engine zeroes grads with set_to_none, which it supports).
+    saves one gradient-sized buffer and the copy into the buckets (neither
+    DeepLearningExamples' ResNet-50 nor timm's train.py sets it). DDP's docstring: with
+    ``zero_grad(set_to_none=True)`` the views are dropped every step and the copies come
+    back, unless ``batched_grad_copy`` (torch >= 2.14) batches them into one
+    ``_foreach_copy_`` per bucket. So: ``batched_grad_copy`` where this torch has it, and
+    otherwise the engine zeroes gradients in place (`zero_grad_set_to_none`).
     ``broadcast_buffers`` as timm's ``--no-ddp-bb`` switch; ``static_graph`` only where
     the engine knows it is valid (no accumulation, see config.TrainConfig.static_graph).
     """
@@ -207,11 +211,20 @@ def wrap(model: torch.nn.Module, d: Dist, broadcast_buffers: bool = True, static
         return model
     ids = [d.device.index] if d.device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel
+    params = inspect.signature(ddp).parameters
     # torch >= 2.14 renames broadcast_buffers to forward_sync_buffers (the same meaning for what we
     # need: rank 0's buffers at construction, then per-forward syncing on or off).
-    sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
-            else "broadcast_buffers": broadcast_buffers}
-    return ddp(model, device_ids=ids, gradient_as_bucket_view=True, static_graph=static_graph, **sync)
+    extra = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": broadcast_buffers}
+    if "batched_grad_copy" in params:
+        extra["batched_grad_copy"] = True
+    return ddp(model, device_ids=ids, gradient_as_bucket_view=True, static_graph=static_graph, **extra)
+
+
+def zero_grad_set_to_none(model: torch.nn.Module) -> bool:
+    """``set_to_none`` for the optimizer's ``zero_grad`` with `model` (as `wrap` returned it): True, except
+    under a DDP without ``batched_grad_copy``, whose bucket views only survive an in-place zeroing."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return not isinstance(model, ddp) or bool(getattr(model, "batched_grad_copy", False))
 
 
 def average_buffers(module: torch.nn.Module, d: Dist) -> None:
@@ -264,10 +277,16 @@ class _Flags:
     def __init__(self, flags: torch.Tensor, work):
         self.flags, self.work = flags, work
 
-    def result(self) -> list[bool]:
+    def wait(self) -> torch.Tensor:
+        """The reduced flags, once the collective is done (NCCL: the current stream waits for it,
+        the host does not)."""
         if self.work is not None:
             self.work.wait()
-        return [v > 0 for v in self.flags.tolist()]
+            self.work = None
+        return self.flags
+
+    def result(self) -> list[bool]:
+        return [v > 0 for v in self.wait().tolist()]
 
 
 def any_true_async(flags: torch.Tensor) -> _Flags:

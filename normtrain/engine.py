@@ -42,6 +42,12 @@ from .version import __version__
 
 #: Optimizer steps at the start of each invocation left out of images/s (see `throughput`).
 WARMUP_STEPS = 5
+#: train.compile auto on CUDA: compiled when the per-process micro-batch has at most this many images
+#: (a step of a few images is bound by kernel launches, whatever the method)...
+COMPILE_MICRO_BATCH = 8
+#: ... or when the method's eager forward dispatches more than this many times bn's operators on the
+#: same network (counted on fake CUDA tensors, normtrain/fakecuda.py; the audit's target, docs/PERFORMANCE.md).
+COMPILE_OPS_RATIO = 2.5
 
 
 # -- setup --------------------------------------------------------------------------
@@ -60,6 +66,9 @@ class Run:
     test_loader: data.Loader | None = None  # the test split beside a held-out validation split (data.val_split)
     amp: str = "off"                   # resolved train.amp: off | bf16 | fp16
     channels_last: bool = False        # resolved train.channels_last
+    compile: bool = False              # resolved train.compile
+    compile_why: str = ""              # why (auto's reason, or "train.compile")
+    set_to_none: bool = True           # optimizer.zero_grad(set_to_none=...) (dist.zero_grad_set_to_none)
     model: torch.nn.Module = None      # what we call (DDP and/or compiled)
     raw: torch.nn.Module = None        # the bare nn.Module (state_dict, hooks)
     optimizer: torch.optim.Optimizer = None
@@ -78,7 +87,7 @@ class Run:
     changes: list = field(default_factory=list)  # recipe changes accepted at resume (run.resume_changed)
 
 
-def runtime(recipe: config.Recipe, device: torch.device, bundle) -> tuple[str, bool]:
+def runtime(recipe: config.Recipe, device: torch.device, bundle, compile: bool | None = None) -> tuple[str, bool]:
     """Resolve the 'auto' speed settings for `device` and set the CUDA backend switches.
 
     CUDA defaults follow DeepLearningExamples' ResNet-50 and timm: bf16 autocast (keeps
@@ -86,16 +95,62 @@ def runtime(recipe: config.Recipe, device: torch.device, bundle) -> tuple[str, b
     weight reparametrisations run on the fp32 parameters), channels_last unless the
     method's kernels are NCHW-only (`Normalizer.channels_last_ok`; compiled models
     get it anyway), ``cudnn.benchmark`` and TF32 matmuls. Each is a recipe key.
+    `compile`: whether the model will be compiled (`resolve_compile`; default: the recipe's
+    train.compile, auto counting as off).
     """
     t = recipe.train
     cuda = device.type == "cuda"
     amp = ("bf16" if cuda else "off") if t.amp == "auto" else t.amp
-    channels_last = (cuda and (bundle.channels_last_ok or t.compile)) if t.channels_last is None else t.channels_last
+    compiled = bool(t.compile) if compile is None else compile
+    channels_last = (cuda and (bundle.channels_last_ok or compiled)) if t.channels_last is None else t.channels_last
     if cuda:
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
     return amp, channels_last
+
+
+def compile_auto(micro: int, ops_ratio: float | None) -> tuple[bool, str]:
+    """train.compile auto on CUDA for a per-process micro-batch of `micro` images and a method whose eager
+    forward runs `ops_ratio` times bn's operators (None: not known): (compile, why)."""
+    if micro <= COMPILE_MICRO_BATCH:
+        return True, f"{micro} image(s) per micro-batch: eager steps this small are bound by kernel launches"
+    if ops_ratio is not None and ops_ratio > COMPILE_OPS_RATIO:
+        return True, (f"its eager forward runs {ops_ratio:.1f}x bn's operators (more than {COMPILE_OPS_RATIO}x: "
+                      "bound by kernel launches)")
+    what = "not counted" if ops_ratio is None else f"{ops_ratio:.1f}x bn's"
+    return False, f"{micro} images per micro-batch, eager forward operators {what}"
+
+
+def forward_ops_ratio(recipe: config.Recipe, bundle, num_classes: int, in_shape, micro: int,
+                      amp: str) -> float | None:
+    """The method's eager forward operators over bn's on the same network, batch and autocast, counted on
+    fake CUDA tensors (nothing runs; normtrain/fakecuda.py); None if the trace fails."""
+    from . import fakecuda
+
+    def forward_ops(b) -> int:
+        def build():
+            return models.build(recipe.model.name, b, num_classes, in_shape, init="default",
+                                drop_path=recipe.model.drop_path, dropout=recipe.model.dropout, **recipe.model.options)
+        return fakecuda.trace_step(build, in_shape, micro, num_classes, amp, b.channels_last_ok,
+                                   backward=False).ops["forward"]
+    try:
+        bn = norms.get("bn", **{**recipe.norm.options(), "ghost_groups": bundle.options.ghost_groups})
+        return forward_ops(bundle) / forward_ops(bn)
+    except Exception:  # noqa: BLE001 - an operator without a fake kernel: decide without the count
+        return None
+
+
+def resolve_compile(recipe: config.Recipe, device: torch.device, bundle, num_classes: int, in_shape, micro: int,
+                    amp: str) -> tuple[bool, str]:
+    """train.compile: true/false as set; auto (None) by `compile_auto` on CUDA, off elsewhere."""
+    if recipe.train.compile is not None:
+        return recipe.train.compile, "train.compile"
+    if device.type != "cuda":
+        return False, "auto: off on CPU"
+    if micro <= COMPILE_MICRO_BATCH:
+        return compile_auto(micro, None)
+    return compile_auto(micro, forward_ops_ratio(recipe, bundle, num_classes, in_shape, micro, amp))
 
 
 def setup_data(recipe: config.Recipe, d: dist.Dist, plan: batching.BatchPlan):
@@ -182,9 +237,10 @@ def check_forward(recipe: config.Recipe, bundle, num_classes: int, in_shape, mic
 
 def wrap_model(run: Run) -> None:
     t = run.recipe.train
-    static = (run.plan.accum == 1 and not t.compile) if t.static_graph is None else t.static_graph
+    static = (run.plan.accum == 1 and not run.compile) if t.static_graph is None else t.static_graph
     model = dist.wrap(run.raw, run.d, broadcast_buffers=t.broadcast_buffers, static_graph=static)
-    if t.compile:
+    run.set_to_none = dist.zero_grad_set_to_none(model)
+    if run.compile:
         model = torch.compile(model)
     run.model = model
 
@@ -298,7 +354,8 @@ def restore(run: Run, state: dict, path: str) -> None:
         raise UsageError(f"checkpoint {path}: its optimizer state does not fit this recipe's parameter groups "
                          f"({e}); optim.no_decay_norm_bias must be the same") from None
     apply_optim_settings(run.recipe, run.optimizer)
-    run.scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:  # empty when saved without a grad scaler (train.amp off or bf16, now fp16)
+        run.scaler.load_state_dict(state["scaler"])
     if run.ema is not None:
         if state.get("ema") is not None:
             run.ema.load_state_dict(state["ema"])
@@ -525,23 +582,38 @@ class StepFlags:
     """Each step's stop conditions (non-finite loss, a signal), agreed over ranks without stalling the GPU.
 
     `post` launches an asynchronous MAX all-reduce of the step's flags (built on the
-    device: no host-to-device copy); `read` waits for it. The loop reads a step's
-    flags after the next step's forward and backward are queued, or at a step that
-    syncs anyway (logging, evaluation, checkpoints), so the host never waits for an
-    idle GPU. A non-finite loss is therefore seen one step late, when the
-    optimizer has already applied its gradients: the weights in memory are then
-    bad, but checkpoints are written only from weights that `finite_weights`
-    passes, so `last.pt` stays the last good state.
+    device: no host-to-device copy); `read` gives them. The loop reads a step's flags
+    after the next step's forward and backward are queued, or at a step that syncs
+    anyway (logging, evaluation, checkpoints), so the host never waits for an idle GPU.
+    On CUDA, `post` also queues the copy of the reduced flags into a pinned host buffer
+    (``non_blocking``) and records an event after it; `read` waits on that event
+    (``event.synchronize()``) and reads the buffer: the host waits for the GPU to reach
+    the end of the posted step's optimizer step, and not, as a ``.tolist()`` of the
+    device tensor would, for everything queued since (the next step's forward and
+    backward). Elsewhere `read` waits for the collective and reads the flags directly.
+    A non-finite loss is therefore seen one step late, when the optimizer has already
+    applied its gradients: the weights in memory are then bad, but checkpoints are
+    written only from weights that `finite_weights` passes, so `last.pt` stays the last
+    good state.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, event=None, host=None):
         self.device = device
         self.pending = None
+        if event is None and device.type == "cuda":
+            event = torch.cuda.Event()
+            host = torch.zeros(2, pin_memory=True)
+        self.event, self.host = event, host  # (tests pass a stand-in event and buffer on the CPU)
 
     def post(self, step: int, loss: torch.Tensor, signal_requested: bool) -> None:
         flags = torch.stack([(~torch.isfinite(loss)).float(),
                              torch.full((), float(signal_requested), device=self.device)])
-        self.pending = (step, dist.any_true_async(flags))
+        handle = dist.any_true_async(flags)
+        if self.event is not None:
+            self.host.copy_(handle.wait(), non_blocking=True)  # NCCL: a stream wait, the host goes on
+            self.event.record()
+            handle = None
+        self.pending = (step, handle)
 
     def read(self) -> tuple[int, bool, bool] | None:
         """(step, loss was non-finite, a rank was signalled) of the posted step, or None."""
@@ -549,7 +621,11 @@ class StepFlags:
             return None
         step, handle = self.pending
         self.pending = None
-        bad, sig = handle.result()
+        if handle is None:
+            self.event.synchronize()
+            bad, sig = [v > 0 for v in self.host.tolist()]
+        else:
+            bad, sig = handle.result()
         return step, bad, sig
 
 
@@ -598,7 +674,7 @@ def loop(run: Run, log: RunLogger, stop: StopFlag) -> str:
                 return "diverged"
             run.scaler.step(run.optimizer)
             run.scaler.update()
-            run.optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=run.set_to_none)
             if run.ema is not None:
                 run.ema.update_parameters(run.raw)
             run.step += 1
@@ -769,12 +845,18 @@ def prepare(recipe: config.Recipe, d: dist.Dist, decision: Decision | None = Non
     train_loader, val_loader, spe, test_loader = setup_data(recipe, d, plan)
     total = max(1, math.ceil(recipe.train.epochs * spe))
     bundle = bundle_for(recipe, plan)
-    amp, channels_last = runtime(recipe, d.device, bundle)
+    classes, in_shape = train_loader.num_classes, train_loader.in_shape
+    amp, _ = runtime(recipe, d.device, bundle)
+    check_forward(recipe, bundle, classes, in_shape, plan.micro, d.device, amp)
+    compiled, why = resolve_compile(recipe, d.device, bundle, classes, in_shape, plan.micro, amp)
+    amp, channels_last = runtime(recipe, d.device, bundle, compiled)
+    for loader in (train_loader, val_loader):
+        loader.use_channels_last(channels_last)  # DALI then delivers NHWC memory: no copy per batch
     run = Run(recipe=recipe, d=d, out=out, plan=plan, train_loader=train_loader, val_loader=val_loader,
-              test_loader=test_loader, steps_per_epoch=spe, total_steps=total, amp=amp, channels_last=channels_last)
-    run.mix = data.mix.build(recipe.data, train_loader.num_classes, train_loader.in_shape)
-    check_forward(recipe, bundle, train_loader.num_classes, train_loader.in_shape, plan.micro, d.device, amp)
-    run.raw = setup_model(recipe, d, train_loader.num_classes, train_loader.in_shape, bundle, channels_last)
+              test_loader=test_loader, steps_per_epoch=spe, total_steps=total, amp=amp, channels_last=channels_last,
+              compile=compiled, compile_why=why)
+    run.mix = data.mix.build(recipe.data, classes, in_shape)
+    run.raw = setup_model(recipe, d, classes, in_shape, bundle, channels_last)
     run.optimizer, run.scaler = setup_optim(recipe, run.raw, d.device, amp)
     run.ema = ema.build(run.raw, recipe.train.ema_decay)
     if decision.kind == "resume":
@@ -868,6 +950,13 @@ def _train(recipe, d, decision, state, folder, stop, t_start) -> dict:
                     f"{k} {a!r} -> {b!r}" for k, a, b in run.changes))
             if start_step:
                 log.print(f"resumed from step {start_step} (epoch {log.epoch(start_step):.2f})")
+            if run.compile and recipe.train.compile is None:
+                log.print(f"train.compile auto: compiling the model ({run.compile_why}); the first steps take "
+                          "minutes (--set train.compile=false for eager)")
+            paper = recipe.data.paper_micro_batch
+            if paper and paper != run.plan.micro:
+                log.print(f"batch: {run.plan.micro} images per process per micro-batch; the paper used {paper} per "
+                          f"GPU (data.paper_micro_batch): per-process batch statistics see {run.plan.micro} images")
             if "synthetic" in (recipe.data.source, recipe.data.backend):
                 log.print(f"data: synthetic, {'x'.join(map(str, run.train_loader.in_shape))} samples, "
                           f"{run.train_loader.num_classes} classes (data.synthetic_shape, data.synthetic_classes)")
@@ -972,7 +1061,8 @@ def results(run: Run, status: str, total_s: float, start_step: int) -> dict:
         "num_classes": run.train_loader.num_classes, "world_size": run.d.world, "device": str(run.d.device),
         "batch": {"global": run.plan.global_batch, "per_process": run.plan.micro, "accum_steps": run.plan.accum,
                   "ghost_groups": run.plan.ghost_groups},
-        "amp": run.amp, "channels_last": run.channels_last, "cpu_threads": torch.get_num_threads(),
+        "amp": run.amp, "channels_last": run.channels_last, "compile": run.compile,
+        "cpu_threads": torch.get_num_threads(),
         "resume_changes": [list(c) for c in run.changes],
         "versions": {"normtrain": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "out": str(run.out),

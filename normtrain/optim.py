@@ -1,6 +1,7 @@
 """Optimizers (`optim.name`), each from a maintained implementation, none hand-written.
 
-- ``sgd``: ``torch.optim.SGD`` with momentum (the papers' optimizer), L2 weight decay.
+- ``sgd``: ``torch.optim.SGD`` with momentum (the papers' optimizer), L2 weight decay; fused CUDA kernel
+  on CUDA.
 - ``adamw``: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019: decay decoupled from the
   adaptive step), fused CUDA kernel on CUDA (one launch for all parameters), foreach on CPU.
 - ``lamb``: ``timm.optim.Lamb`` (You et al. 2020: Adam's step rescaled per tensor by the
@@ -58,7 +59,10 @@ def build(model: torch.nn.Module, o: OptimConfig, device: torch.device) -> torch
     """The optimizer `o` names over `model`'s parameters (see the module docstring)."""
     groups = param_groups(model, o)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+        # CUDA: the fused kernel (one launch for all parameters; with the fp16 grad scaler it skips a step
+        # with inf/NaN gradients on the device, where the unfused step reads found_inf on the host every step).
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               fused=True if device.type == "cuda" else None)
     if o.name == "adamw":
         fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **fast)
@@ -87,3 +91,5 @@ def apply_settings(optimizer: torch.optim.Optimizer, o: OptimConfig) -> None:
             g["eps"] = o.eps
         if "trust_coeff" in g:
             g["trust_coeff"] = o.trust_coefficient
+        if "fused" in g:  # this machine's choice (a CUDA checkpoint resumed on a CPU, or the reverse)
+            g["fused"] = optimizer.defaults.get("fused")

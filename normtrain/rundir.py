@@ -57,7 +57,7 @@ FREE = (
     "train.max_steps", "train.eval_every_steps", "train.eval_every_epochs", "train.final_eval",
     "train.checkpoint_every_steps",
     "train.compile", "train.cudnn_benchmark", "train.tf32", "train.channels_last", "train.static_graph",
-    "data.workers", "data.eval_batch_size",
+    "data.workers", "data.eval_batch_size", "data.paper_micro_batch",
     "log.*",
 )
 

@@ -116,3 +116,42 @@ def test_parse_batches():
             assert "batch" in str(e)
         else:
             raise AssertionError(bad)
+
+
+def test_methods_take_the_recipe_norm_options(capsys):
+    """trelu-wn is timed with resnet50-imagenet's weighted join, not the plain default (--recipe none)."""
+    out = bench_in_process(capsys, "--dry-run", "--models", "resnet18", "--batches", "4", "--methods", "bn,trelu-wn")
+    opts = {c["method"]: c["norm_options"] for c in map(json.loads, out.splitlines())}
+    assert opts["trelu-wn"] == [["trelu_join", "weighted"]] and opts["bn"] == []
+    out = bench_in_process(capsys, "--dry-run", "--models", "resnet18", "--batches", "4", "--methods", "trelu-wn",
+                           "--recipe", "none")
+    assert all(json.loads(line)["norm_options"] == [] for line in out.splitlines())
+    from normtrain.norms.trelu_wn import WeightedAddition
+    net = benchmark.build_network(Config("resnet18", "trelu-wn", 2, 1, 16, 10, "off", False,
+                                         norm_options=(("trelu_join", "weighted"),)))
+    assert any(isinstance(m, WeightedAddition) for m in net.modules())
+
+
+def test_each_config_is_freed_before_the_next_is_built(monkeypatch):
+    """Peak memory is per config: the previous config's network, optimizer and inputs are gone when the
+    next one is built, and the peak is counted above what was allocated before it."""
+    import weakref
+    alive, init = [], benchmark.BareRunner.__init__
+
+    def tracked(self, *a, **k):
+        assert all(ref() is None for ref in alive), "a previous config is still alive"
+        init(self, *a, **k)
+        alive.append(weakref.ref(self.raw))
+    monkeypatch.setattr(benchmark.BareRunner, "__init__", tracked)
+    configs = [Config("mlp", m, 4, 1, 8, 10, "off", False) for m in ("bn", "none")]
+    rows = benchmark.run(configs, CPU, warmup=1, steps=1, repeats=2)
+    assert len(alive) == 4 and all("error" not in r for r in rows)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5 * 2**30)
+    assert benchmark.peak_gib(torch.device("cuda"), 2 * 2**30) == 3.0 and benchmark.peak_gib(CPU, 0) is None
+
+
+def test_engine_rows_print_nothing_of_their_own(capsys):
+    configs = [Config("mlp", "bn", 8, 1, 8, 10, "off", False, loop="engine")]
+    (row,) = benchmark.run(configs, CPU, warmup=1, steps=3)
+    out = capsys.readouterr()
+    assert "error" not in row and "eval loss" not in out.out + out.err and "normtrain:" not in out.out + out.err

@@ -33,6 +33,8 @@ def test_doctor_cpu_subset(cli, tmp_path):
     assert abs(bn["vs_torchvision"] - bn["images_per_s"] / tv["images_per_s"]) < 1e-9
     if items["dali"]["verdict"] == "ok":
         assert items["dali-decode"]["verdict"] == "ok" and items["dali-decode"]["data"]["images_per_s"] > 0
+        from normtrain import threads  # DALI's threads from the CPUs this process may use, not os.cpu_count()
+        assert items["dali-decode"]["data"]["cpus_available"] == threads.available()
     assert res["verdict"] in ("ok", "slow") and "normtrain doctor:" in p.stdout
     for name in items:
         assert name in p.stdout  # one line per item, skipped ones included
@@ -97,3 +99,21 @@ def test_bad_data_is_one_line_exit_2_nothing_written(cli, tmp_path):
     p = cli("doctor", "--data", tmp_path, "--out", tmp_path / "d.json")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "train/" in p.stderr
     assert not (tmp_path / "d.json").exists()
+
+
+def test_docker_entrypoint_keeps_stdout_for_normtrain(tmp_path):
+    """NGC's banner (printed by its entrypoint on stdout) goes to stderr; normtrain's stdout stays clean."""
+    import os
+    ngc = tmp_path / "ngc.sh"
+    ngc.write_text('#!/bin/bash\necho "== PyTorch == NGC banner"\necho "WARNING: The NVIDIA Driver was not detected."\n'
+                   'exec "$@"\n')
+    fake = tmp_path / "normtrain"
+    fake.write_text('#!/bin/bash\necho "run,status"\necho "args:$*"\necho "progress" >&2\n')
+    for f in (ngc, fake):
+        f.chmod(0o755)
+    p = subprocess.run([str(ROOT / "docker" / "entrypoint.sh"), "runs", "--csv", "a b"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "NGC_ENTRYPOINT": str(ngc), "NORMTRAIN": str(fake)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "run,status\nargs:runs --csv a b\n"
+    assert "NGC banner" in p.stderr and "WARNING" in p.stderr and "progress" in p.stderr
+    assert "/opt/normtrain/entrypoint.sh" in (ROOT / "Dockerfile").read_text()

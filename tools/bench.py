@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--ghost-groups", type=int, default=4)
+    p.add_argument("--recipe", default="resnet50-imagenet",
+                   help="each method's norm.* options as this recipe gives them (its per_norm block: trelu-wn's "
+                        "weighted join in resnet50-imagenet); 'none' for the defaults")
     p.add_argument("--amp", default="bf16", help="comma-separated: bf16, fp16 (grad scaler), off")
     p.add_argument("--layouts", default="auto", choices=["auto", "cl", "nchw", "both"],
                    help="memory layout: auto = channels_last, plus NCHW where the network runs group norm")
@@ -63,6 +66,7 @@ def main(argv=None) -> int:
     from normtrain import benchmark, norms
     if a.overhead:
         a.models, a.methods, a.batches, a.size, a.classes = "cifar10-nv", "bn", "128", 28, 10
+        a.recipe = "cifar10-nv"
         a.amp, a.layouts, a.loops = "off", "nchw", "bare,engine"
     if a.channels_last:
         a.layouts = "cl"
@@ -79,7 +83,8 @@ def main(argv=None) -> int:
     settings = benchmark.set_fast_defaults(device)
     configs = benchmark.plan(a.models.split(","), methods, batches, a.amp.split(","), a.layouts,
                              {"off": [False], "on": [True], "both": [False, True]}[a.compile],
-                             a.loops.split(","), a.size, a.classes, device, a.ghost_groups)
+                             a.loops.split(","), a.size, a.classes, device, a.ghost_groups,
+                             None if a.recipe == "none" else a.recipe)
     if a.dry_run:
         for c in configs:
             print(json.dumps(dataclasses.asdict(c)))

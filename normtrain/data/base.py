@@ -48,6 +48,12 @@ class Loader:
     num_classes: int
     in_shape: tuple
     num_samples: int
+    #: 4-d batches come in channels_last memory (NCHW shape, NHWC strides), see `use_channels_last`.
+    channels_last: bool = False
+
+    def use_channels_last(self, on: bool) -> None:
+        """The engine runs the network in channels_last (`on`): a backend that can deliver batches in
+        that layout at no cost does (DALI: NHWC output); the others leave the engine to convert."""
 
     def __len__(self) -> int:
         raise NotImplementedError

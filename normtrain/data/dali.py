@@ -23,7 +23,8 @@ class folders); the pipelines implement `imagefolder.ImagePipeline`:
            the uint8 size x size crop after the flip, in a pipeline with enable_conditionals;
            data.random_erasing: torchvision's RandomErasing on the output batch (`autoaug`)
   eval     resize (square for gitman, shorter side otherwise) to resize, centre crop
-  output   fn.crop_mirror_normalize: float32 NCHW, (x - mean) / std; DALIClassificationIterator;
+  output   fn.crop_mirror_normalize: float32 NCHW, (x - mean) / std (NHWC, handed on as a channels_last
+           NCHW view, when the engine runs channels_last: `use_channels_last`); DALIClassificationIterator;
            labels int64 on ctx.device. On the GPU the labels leave the pipeline with ``.gpu()``
            (as DALI's ResNet-50 example does): the copy happens inside DALI's prefetched
            pipeline, not as a pageable host-to-device copy that would block the training loop.
@@ -201,7 +202,7 @@ def require() -> None:
 
 
 def _define(spec: imagefolder.ImagePipeline, files, labels, train: bool, shard: int, world: int,
-            shuffle_seed: int, gpu: bool):
+            shuffle_seed: int, gpu: bool, layout: str = "CHW"):
     """The DALI graph of `spec` (called inside a pipeline_def)."""
     from nvidia.dali import fn, types
     sampling = reader_args(train, shuffle_seed, warn=shard == 0)
@@ -244,7 +245,7 @@ def _define(spec: imagefolder.ImagePipeline, files, labels, train: bool, shard: 
                                                shape=(s, s), fill_value=0)
         else:
             images = trivial_augment.trivial_augment_wide(images, shape=(s, s), fill_value=0)
-    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(s, s),
+    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, crop=(s, s),
                                       crop_pos_x=pos_x, crop_pos_y=pos_y, mean=list(spec.mean), std=list(spec.std),
                                       mirror=mirror)
     # Labels to the GPU inside the pipeline, as DALI's ResNet-50 example does (`labels.gpu()`).
@@ -300,6 +301,7 @@ class DALILoader(Loader):
         conditionals = ctx.train and bool(self.spec.randaugment or self.spec.trivialaugment)
         pipe = pipeline_def(_define, enable_checkpointing=True, **({"enable_conditionals": True} if conditionals else {}))(
             self.spec, self.files, self.labels, ctx.train, ctx.rank, ctx.world, shuffle_seed, self.gpu,
+            "HWC" if self.channels_last else "CHW",
             batch_size=ctx.batch_size, num_threads=self.num_threads, device_id=device_id,
             seed=pipe_seed, prefetch_queue_depth=2, checkpoint=checkpoint)
         policy = LastBatchPolicy.DROP if ctx.train else LastBatchPolicy.PARTIAL
@@ -371,6 +373,13 @@ class DALILoader(Loader):
 
     # -- the Loader contract ----------------------------------------------------------------------
 
+    def use_channels_last(self, on: bool) -> None:
+        """NHWC output from the pipeline, handed on as an NCHW-shaped view with channels_last strides, as
+        DeepLearningExamples' DALI loaders do for --memory-format nhwc: no layout copy per batch."""
+        if bool(on) != self.channels_last:
+            self.channels_last = bool(on)
+            self._build(None)  # before the first batch (the engine calls it while setting up)
+
     def __len__(self) -> int:
         ctx = self.ctx
         if ctx.train:
@@ -392,6 +401,8 @@ class DALILoader(Loader):
                 raise RuntimeError(f"DALI ended the epoch after {self._pos} of {n} batches")
             self._pos += 1
             x, y = batch[0]["data"], batch[0]["label"]
+            if self.channels_last:
+                x = x.permute(0, 3, 1, 2)  # (N, H, W, C) memory as an (N, C, H, W) channels_last tensor
             x = x.to(ctx.device, non_blocking=True)
             y = y.reshape(-1).to(ctx.device, torch.long, non_blocking=True)
             if ctx.train and self.spec.cutout:

@@ -21,6 +21,7 @@ from typing import Sequence
 from torch import nn
 
 from ..norms import Normalizer
+from .pool import GlobalAvgPool2d
 
 
 class Cifar10NV(nn.Module):
@@ -43,7 +44,7 @@ class Cifar10NV(nn.Module):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         layers += unit(c3, num_classes, 1, 0, False, last=True)
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [GlobalAvgPool2d(), nn.Flatten()]
         self.net = nn.Sequential(*layers)
         self.output = norm.output(num_classes)  # after the final ReLU and pooling (trelu-wn's gamma, beta)
 

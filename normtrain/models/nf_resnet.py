@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..norms import Normalizer
+from .pool import GlobalAvgPool2d
 
 
 class Scale(nn.Module):
@@ -107,7 +108,7 @@ class NFResNet(nn.Module):
         self.layer4 = self._make_layer(norm, 512, layers[3], stride=2)
         c = 512 * NFBottleneck.expansion
         self.final_act = norm.act(c)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(c, num_classes, bias=True, last=True)
         self.output = norm.output(num_classes)

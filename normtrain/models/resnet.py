@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from ..norms import Normalizer
+from .pool import GlobalAvgPool2d
 
 
 # -- ImageNet ResNet / ResNeXt (v1.5) ------------------------------------------------
@@ -144,7 +145,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(norm, block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(norm, block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(norm, block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(512 * block.expansion, num_classes, bias=True, last=True)
         self.output = norm.output(num_classes)
@@ -231,7 +232,7 @@ class PreActResNet(nn.Module):
         self.layer4 = self._make_layer(norm, block, 512, layers[3], stride=2)
         c = 512 * block.expansion
         self.final = nn.Sequential(*norm.norm_act(c))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(c, num_classes, bias=True, last=True)
         self.output = norm.output(num_classes)
@@ -267,7 +268,7 @@ class CifarResNet(nn.Module):
         self.layer1 = self._make_layer(norm, 16, n)
         self.layer2 = self._make_layer(norm, 32, n, stride=2)
         self.layer3 = self._make_layer(norm, 64, n, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(64, num_classes, bias=True, last=True)
         self.output = norm.output(num_classes)
@@ -328,7 +329,7 @@ class WideResNet(nn.Module):
             cin = w
         self.layer1, self.layer2, self.layer3 = stages
         self.bn, self.relu = norm.norm_act(widths[3])
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = norm.linear(widths[3], num_classes, bias=True, last=True)
         self.output = norm.output(num_classes)

@@ -31,12 +31,25 @@ ImageNet Inception training; much shorter runs should scale them too.
 
 DDP: statistics are those of each process's own batch, like ``bn``; DDP broadcasts rank 0's moving mu and sigma
 with the weights at each forward, as it does BN's running statistics.
+
+How it runs: with r and d constants, y = gamma ((x - mu_B) / sigma_B r + d) + beta is
+batch normalization of x with the affine (gamma r, gamma d + beta), so a training
+forward computes the batch statistics (fp32, without gradient) for r and d and the
+moving averages, and then calls ``F.batch_norm`` with that affine: the gradient with
+respect to x, gamma and beta is then exactly Algorithm 1's (BN's backward, with r and d
+as constants), autograd keeps what ``bn`` keeps (the input in its own dtype and the
+per-channel statistics) and the layer runs BN's kernels. The bounds (r_max, d_max)
+come from a Python copy of the step counter (counted on the host from 0, or from one read
+of the buffer after loading a state_dict), so they cost no kernel; under torch.compile they are
+computed on the device (`_bounds_tensor`), which compiles once instead of recompiling
+at every step. `brn_reference` is Algorithm 1 as tensor ops, which tests compare with.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
@@ -75,6 +88,20 @@ def bounds(step: int, r_max: float, d_max: float, relax_start: int, r_max_at: in
     return 1.0 + (r_max - 1.0) * ramp(r_max_at), d_max * ramp(d_max_at)
 
 
+def brn_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor,
+                  running_std: torch.Tensor, r_max: float, d_max: float, eps: float) -> torch.Tensor:
+    """Algorithm 1's training output as tensor ops (r and d detached), statistics in fp32."""
+    dims = (0,) + tuple(range(2, x.dim()))
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=dims, correction=0)
+    std = torch.sqrt(var + eps)
+    r = (std / running_std).clamp(1.0 / r_max, r_max).detach()
+    d = ((mean - running_mean) / running_std).clamp(-d_max, d_max).detach()
+    x_hat = (xf - mean.view(view)) / std.view(view) * r.view(view) + d.view(view)
+    return (weight.view(view) * x_hat + bias.view(view)).to(x.dtype)
+
+
 class BatchRenorm(nn.Module):
     """Batch Renormalization for (N, C) or (N, C, *) input (Ioffe 2017, Algorithm 1)."""
 
@@ -90,6 +117,7 @@ class BatchRenorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_std", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self._steps: int | None = 0  # host copy of num_batches_tracked (None: read it at the next forward)
 
     def current_bounds(self) -> tuple[float, float]:
         return bounds(int(self.num_batches_tracked), self.r_max, self.d_max, self.relax_start,
@@ -105,6 +133,10 @@ class BatchRenorm(nn.Module):
             return ((t - self.relax_start) / (end - self.relax_start)).clamp(0.0, 1.0)
         return 1.0 + (self.r_max - 1.0) * ramp(self.r_max_at), self.d_max * ramp(self.d_max_at)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._steps = None  # read the loaded counter at the next training forward
+
     def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return t.view((1, -1) + (1,) * (x.dim() - 2))
 
@@ -116,21 +148,31 @@ class BatchRenorm(nn.Module):
             shift = self.bias - self.running_mean * scale
             return torch.addcmul(self._view(shift, x).to(x.dtype), x, self._view(scale, x).to(x.dtype))
         dims = (0,) + tuple(range(2, x.dim()))
-        xf = x.float()
-        var, mean = torch.var_mean(xf, dim=dims, unbiased=False)
-        std = torch.sqrt(var + self.eps)
         with torch.no_grad():  # r and d are constants for the gradient (stop_gradient)
-            r_max, d_max = self._bounds_tensor()
-            r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
-            d = torch.minimum(torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max)
-        # y = gamma ((x - mu_B) / sigma_B * r + d) + beta, as one scale and shift per channel
-        scale = self.weight * r / std
-        shift = self.bias + self.weight * d - mean * scale
-        y = torch.addcmul(self._view(shift, x), xf, self._view(scale, x)).to(x.dtype)
+            var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
+            std = torch.sqrt(var + self.eps)
+            if torch.compiler.is_compiling():
+                r_max, d_max = self._bounds_tensor()
+                r = torch.minimum(torch.maximum(std / self.running_std, 1.0 / r_max), r_max)
+                d = torch.minimum(torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max)
+            else:
+                if self._steps is None:
+                    self._steps = int(self.num_batches_tracked)  # once after building or loading
+                r_max, d_max = bounds(self._steps, self.r_max, self.d_max, self.relax_start, self.r_max_at,
+                                      self.d_max_at)
+                r = (std / self.running_std).clamp_(1.0 / r_max, r_max)
+                d = ((mean - self.running_mean) / self.running_std).clamp_(-d_max, d_max)
+        # y = gamma r (x - mu_B) / sigma_B + gamma d + beta: batch norm with that affine (module doc)
+        y = F.batch_norm(x, None, None, self.weight * r, torch.addcmul(self.bias, self.weight, d), True, 0.0,
+                         self.eps)
         with torch.no_grad():
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            self.running_std.lerp_(std.detach().to(self.running_std.dtype), self.momentum)
+            torch._foreach_lerp_([self.running_mean, self.running_std],
+                                 [mean.to(self.running_mean.dtype), std.to(self.running_std.dtype)], self.momentum)
             self.num_batches_tracked.add_(1)
+            if torch.compiler.is_compiling():
+                self._steps = None  # an eager forward after compiled ones reads the buffer again
+            else:
+                self._steps += 1
         return y
 
     def extra_repr(self) -> str:

@@ -25,6 +25,14 @@ and channel over its single value, as a 1x1 map.
 Reference code: timm's ``layers/filter_response_norm.py`` computes the same
 ``x * rsqrt(mean_HW(x^2) + eps)``, affine and ``max(x, tau)`` with the mean of
 squares in fp32; we follow it, and add the learned-eps option it lacks.
+
+Memory: written as tensor ops, autograd would keep an fp32 copy of every input and
+normalized activation for the backward pass (about 2.9x bn's saved activation bytes on
+ResNet-50 under bf16 autocast, docs/PERFORMANCE.md). `frn_function` keeps only the
+input, in its own dtype, and the per-(sample, channel) ``1/sqrt(nu^2 + eps)``, and its
+backward recomputes the rest from them; `frn_reference` is eqs. 1-3 as tensor ops (what
+torch.compile traces: inductor decides itself what to keep), and tests check that the
+two agree, forward and backward. TLU keeps only its output (trelu_wn.TReLU).
 """
 from __future__ import annotations
 
@@ -47,6 +55,69 @@ class Options:
 LEARNED_EPS_INIT = 1e-4
 
 
+def _view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def frn_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                  eps_l: torch.Tensor | None = None) -> torch.Tensor:
+    """Eqs. 1-3 as tensor ops, statistics in fp32, output in x's dtype."""
+    xf = x.float()
+    nu2 = xf.square()
+    if x.dim() > 2:
+        nu2 = nu2.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    eps = eps if eps_l is None else eps + eps_l.abs()
+    y = xf * torch.rsqrt(nu2 + eps)
+    return torch.addcmul(_view(bias, x), y, _view(weight, x)).to(x.dtype)
+
+
+class _FRN(torch.autograd.Function):
+    """`frn_reference` that saves x (its own dtype) and r = 1/sqrt(nu^2 + eps) only.
+
+    With x_hat = x r and dx_hat = dy gamma (per sample and channel, over the K = H x W positions):
+    dx = r (dx_hat - x_hat mean_K(dx_hat x_hat)), dgamma = sum dy x_hat, dbeta = sum dy,
+    d eps = -1/2 sum r^2 sum_K(dx_hat x_hat) (times sign(eps_l) for the learned eps).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps_l, eps: float):
+        xf = x.float()
+        dims = tuple(range(2, x.dim()))
+        nu2 = xf.square().mean(dim=dims, keepdim=True) if dims else xf.square()
+        r = torch.rsqrt(nu2 + (eps if eps_l is None else eps + eps_l.abs()))
+        ctx.save_for_backward(x, r, weight, eps_l)
+        return torch.addcmul(_view(bias, x), xf * r, _view(weight, x)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, r, weight, eps_l = ctx.saved_tensors
+        dims = tuple(range(2, x.dim()))
+        channel_dims = (0,) + dims
+        dyf = dy.float()
+        x_hat = x.float() * r
+        dx_hat = dyf * _view(weight, x)
+        dx = dweight = dbias = deps = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
+            proj = dx_hat * x_hat
+            proj = proj.mean(dim=dims, keepdim=True) if dims else proj
+            if ctx.needs_input_grad[0]:
+                dx = (r * torch.addcmul(dx_hat, x_hat, proj, value=-1)).to(x.dtype)
+            if ctx.needs_input_grad[3]:
+                count = x[0, 0].numel()
+                deps = (-0.5 * count * (r.square() * proj).sum() * torch.sign(eps_l)).to(eps_l.dtype)
+        if ctx.needs_input_grad[1]:
+            dweight = (dyf * x_hat).sum(dim=channel_dims)
+        if ctx.needs_input_grad[2]:
+            dbias = dyf.sum(dim=channel_dims)
+        return dx, dweight, dbias, deps, None
+
+
+def frn_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                 eps_l: torch.Tensor | None = None) -> torch.Tensor:
+    """`frn_reference`'s value and gradients, keeping only x and r for the backward pass (`_FRN`)."""
+    return _FRN.apply(x, weight, bias, eps_l, eps)
+
+
 class FilterResponseNorm(nn.Module):
     """``gamma * x / sqrt(mean_{H,W}(x^2) + eps) + beta`` per sample and channel; input (N, C) or (N, C, *)."""
 
@@ -64,14 +135,9 @@ class FilterResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"FRN: expected input (N, C) or (N, C, ...), got shape {tuple(x.shape)}")
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        xf = x.float()
-        nu2 = xf.square()
-        if x.dim() > 2:
-            nu2 = nu2.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-        eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs()
-        y = xf * torch.rsqrt(nu2 + eps)
-        return torch.addcmul(self.bias.view(view), y, self.weight.view(view)).to(x.dtype)
+        if torch.compiler.is_compiling():
+            return frn_reference(x, self.weight, self.bias, self.eps, self.eps_l)
+        return frn_function(x, self.weight, self.bias, self.eps, self.eps_l)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, learn_eps={self.eps_l is not None}"

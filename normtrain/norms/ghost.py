@@ -98,35 +98,97 @@ def ghost_norm_reference(x: torch.Tensor, g: int, weight: torch.Tensor | None, b
     return y.reshape(x.shape), mean.detach().reshape(g, c), chunk_vars
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-d tensor in that layout (and not also NCHW-contiguous), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-def chunks_to_channels(x: torch.Tensor, g: int) -> torch.Tensor:
-    """(G*m, C, *S) -> (m, G*C, *S): channel j*C + c of sample i is channel c of sample j*m + i.
+def _swap_chunks(x: torch.Tensor, a: int, b: int, fmt: torch.memory_format) -> torch.Tensor:
+    """x viewed as (a, b, C, *S), dims 0 and 1 swapped, as a new (b, a*C, *S) tensor in layout `fmt`.
 
-    One copy; a channels_last input gives a channels_last result (NHWC memory throughout).
+    One copy kernel; the result is a fresh tensor (not a view), so an in-place activation after
+    the norm (ReLU's) does not send autograd through its view-rebase path, which copies the
+    gradient into NCHW (the fake-CUDA audit counted 33 such copies in a ResNet-50's backward).
     """
+    c, s = x.shape[1], tuple(x.shape[2:])
+    out = torch.empty((b, a * c) + s, dtype=x.dtype, device=x.device, memory_format=fmt)
+    out.view((b, a, c) + s).copy_(x.view((a, b, c) + s).transpose(0, 1))
+    return out
+
+
+class _ChunksToChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, g: int):
+        ctx.g, ctx.fmt = g, _layout(x)
+        return _swap_chunks(x, g, x.shape[0] // g, ctx.fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        m = grad.shape[0]
+        return _unswap(grad, ctx.g, m, ctx.fmt), None
+
+
+def _unswap(y: torch.Tensor, g: int, m: int, fmt: torch.memory_format) -> torch.Tensor:
+    """The inverse of `_swap_chunks`: (m, g*C, *S) -> (g*m, C, *S)."""
+    c, s = y.shape[1] // g, tuple(y.shape[2:])
+    out = torch.empty((g * m, c) + s, dtype=y.dtype, device=y.device, memory_format=fmt)
+    out.view((g, m, c) + s).copy_(y.view((m, g, c) + s).transpose(0, 1))
+    return out
+
+
+class _ChannelsToChunks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, g: int):
+        ctx.g, ctx.fmt = g, _layout(y)
+        return _unswap(y, g, y.shape[0], ctx.fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _swap_chunks(grad, ctx.g, grad.shape[0] // ctx.g, ctx.fmt), None
+
+
+def _chunks_to_channels_views(x: torch.Tensor, g: int) -> torch.Tensor:
+    """`chunks_to_channels` with reshapes (what torch.compile traces; inductor turns it into indexing)."""
     n, c, s = x.shape[0], x.shape[1], tuple(x.shape[2:])
     m = n // g
-    if _channels_last(x):
+    if _layout(x) == torch.channels_last:
         h = x.permute(0, 2, 3, 1).reshape((g, m) + s + (c,))            # a view of the NHWC memory
         return h.permute(1, 2, 3, 0, 4).reshape((m,) + s + (g * c,)).permute(0, 3, 1, 2)
     return x.reshape((g, m, c) + s).transpose(0, 1).reshape((m, g * c) + s)
 
 
-def channels_to_chunks(y: torch.Tensor, g: int) -> torch.Tensor:
-    """The inverse of `chunks_to_channels`."""
+def _channels_to_chunks_views(y: torch.Tensor, g: int) -> torch.Tensor:
     m, c, s = y.shape[0], y.shape[1] // g, tuple(y.shape[2:])
-    if _channels_last(y):
+    if _layout(y) == torch.channels_last:
         h = y.permute(0, 2, 3, 1).reshape((m,) + s + (g, c))
         return h.permute(3, 0, 1, 2, 4).reshape((g * m,) + s + (c,)).permute(0, 3, 1, 2)
     return y.reshape((m, g, c) + s).transpose(0, 1).reshape((g * m, c) + s)
 
 
-def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The same result as `ghost_norm_reference` through one fused batch-norm call.
+def chunks_to_channels(x: torch.Tensor, g: int) -> torch.Tensor:
+    """(G*m, C, *S) -> (m, G*C, *S): channel j*C + c of sample i is channel c of sample j*m + i.
+
+    One copy; a channels_last input gives a channels_last result (NHWC memory throughout),
+    and the result is not a view (`_swap_chunks`).
+    """
+    if torch.compiler.is_compiling():
+        return _chunks_to_channels_views(x, g)
+    return _ChunksToChannels.apply(x, g)
+
+
+def channels_to_chunks(y: torch.Tensor, g: int) -> torch.Tensor:
+    """The inverse of `chunks_to_channels`."""
+    if torch.compiler.is_compiling():
+        return _channels_to_chunks_views(y, g)
+    return _ChannelsToChunks.apply(y, g)
+
+
+def _ghost_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same result as `ghost_norm_reference` through one fused batch-norm call; returns
+    (y, statistics (2, G, C): the chunk means and the unbiased chunk variances).
 
     With the batch permuted so that chunk j's channel c becomes channel j*C + c of an
     (M/G_M, G_M*C, *) tensor (`chunks_to_channels`), per-channel batch statistics *are*
@@ -144,11 +206,20 @@ def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias:
         w = weight.repeat(g) if weight is not None else None
         b = bias.repeat(g) if bias is not None else None
     stats_dtype = weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
-    means = torch.zeros(g * c, dtype=stats_dtype, device=x.device)
-    variances = torch.ones(g * c, dtype=stats_dtype, device=x.device)
-    yp = F.batch_norm(xp, means, variances, w, b, True, 1.0, eps)
+    # One scratch tensor for both statistics (one fill kernel): with momentum 1 the kernel overwrites
+    # it (0 x old + 1 x new), so any finite start does; rows: means, unbiased variances.
+    stats = torch.ones(2, g * c, dtype=stats_dtype, device=x.device)
+    yp = F.batch_norm(xp, stats[0], stats[1], w, b, True, 1.0, eps)
     y = yp if g == 1 else channels_to_chunks(yp, g)
-    return y, means.view(g, c), variances.view(g, c)
+    return y, stats.view(2, g, c)
+
+
+def ghost_norm_fused(x: torch.Tensor, g: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same result as `ghost_norm_reference` through one fused batch-norm call (`_ghost_fused`):
+    (y, chunk means (G, C), unbiased chunk variances (G, C))."""
+    y, stats = _ghost_fused(x, g, weight, bias, eps)
+    return y, stats[0], stats[1]
 
 
 class GhostBatchNorm(_NormBase):
@@ -179,17 +250,19 @@ class GhostBatchNorm(_NormBase):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         self._chunk_size(x.shape[0])
-        y, chunk_means, chunk_vars = ghost_norm_fused(x, self.ghost_groups, self.weight, self.bias, self.eps)
-        self._update_running_stats(chunk_means, chunk_vars)
+        y, stats = _ghost_fused(x, self.ghost_groups, self.weight, self.bias, self.eps)
+        self._update_running_stats(stats)
         return y
 
     @torch.no_grad()
-    def _update_running_stats(self, chunk_means: torch.Tensor, chunk_vars: torch.Tensor) -> None:
-        """One BN-momentum update from the (G, C) chunk means and *unbiased* chunk variances."""
+    def _update_running_stats(self, stats: torch.Tensor) -> None:
+        """One BN-momentum update from the chunk means and *unbiased* chunk variances, stats (2, G, C)
+        (three kernels: both chunk averages in one reduction, one multi-tensor lerp, the count)."""
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean.lerp_(chunk_means.mean(0).to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(chunk_vars.mean(0).to(self.running_var.dtype), factor)
+        mean, var = stats.mean(1).unbind(0)
+        running = [self.running_mean, self.running_var]
+        torch._foreach_lerp_(running, [mean.to(running[0].dtype), var.to(running[1].dtype)], factor)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ghost_groups={self.ghost_groups}"

@@ -21,6 +21,7 @@ from .wn import WeightNorm
 class GroupNormWeightNorm(WeightNorm):
     name = "gn-wn"
     default_bias = False  # GroupNorm's shift replaces the conv bias
+    channels_last_ok = False  # CUDA group_norm is NCHW-only (as gn)
     tokens = "WN linear layers and gn's token norm (groups of features over all the tokens of a sample)"
 
     def norm(self, num_features: int, dims: int = 2) -> nn.Module:

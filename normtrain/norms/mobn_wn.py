@@ -26,6 +26,33 @@ from torch import nn
 from .wn import WeightNorm
 
 
+def mean_only_reference(x: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """``x - mean + b`` per channel, with the batch mean (fp32) unless `mean` is given; output in x's dtype."""
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    if mean is None:
+        mean = x.float().mean(dim=(0,) + tuple(range(2, x.dim())))
+    return (x.float() + (bias - mean).view(view)).to(x.dtype)
+
+
+class _MeanOnly(torch.autograd.Function):
+    """Training ``x - mean_B(x) + b``, keeping nothing for the backward pass:
+    dx = dy - mean_B(dy), db = sum dy (per channel). Returns (y, batch mean)."""
+
+    @staticmethod
+    def forward(ctx, x, bias):
+        dims = (0,) + tuple(range(2, x.dim()))
+        mean = x.mean(dim=dims, dtype=torch.float32)
+        ctx.mark_non_differentiable(mean)
+        return mean_only_reference(x, bias, mean), mean
+
+    @staticmethod
+    def backward(ctx, dy, _dmean):
+        dims = (0,) + tuple(range(2, dy.dim()))
+        view = (1, -1) + (1,) * (dy.dim() - 2)
+        dx = (dy - dy.mean(dim=dims, dtype=torch.float32).view(view)).to(dy.dtype)
+        return dx, dy.sum(dim=dims, dtype=torch.float32)
+
+
 class MeanOnlyBatchNorm(nn.Module):
     """``x - mean_B(x) + b`` per channel (running mean at eval), for (N, C) or (N, C, *) input."""
 
@@ -39,15 +66,17 @@ class MeanOnlyBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"MeanOnlyBatchNorm: expected input (N, C) or (N, C, ...), got shape {tuple(x.shape)}")
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training:
-            mean = x.float().mean(dim=(0,) + tuple(range(2, x.dim())))
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-        else:
-            mean = self.running_mean
         # fp32 arithmetic for fp16/bf16 input: rounding the shift to bf16 would lose small means
-        return (x.float() + (self.bias - mean).view(view)).to(x.dtype)
+        if not self.training:
+            return mean_only_reference(x, self.bias, self.running_mean)
+        if torch.compiler.is_compiling():
+            y = mean_only_reference(x, self.bias)
+            mean = x.float().mean(dim=(0,) + tuple(range(2, x.dim())))
+        else:  # the same, with nothing saved for the backward pass (`_MeanOnly`)
+            y, mean = _MeanOnly.apply(x, self.bias)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, momentum={self.momentum}"

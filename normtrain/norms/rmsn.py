@@ -18,14 +18,58 @@ Like ``ln``, the n inputs are what the network makes them (ln.py):
   ``torch.nn.RMSNorm(C)`` exactly.
 
 The conv bias is kept where the norm follows a conv: RMSNorm has no shift to replace it.
+
+Memory (`SampleRMSNorm`): ``F.rms_norm`` runs in fp32 under CUDA autocast (as layer_norm),
+and the gain after it keeps the normalized output for its own gradient, so a ResNet saved
+fp32 copies of every normalized activation (3.4x bn's saved bytes on ResNet-50, the
+fake-CUDA audit, docs/PERFORMANCE.md). Training forwards run `_SampleRMS` instead, an
+autograd Function keeping only the input (its own dtype) and each sample's
+1/RMS, with the statistics in fp32 and the backward written out; `sample_rms_reference`
+is the formula as tensor ops (what torch.compile traces; tests compare the two).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .bundle import Normalizer
+
+
+def _gain(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return w.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def sample_rms_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean_{C,*}(x^2) + eps) * g_c`` as tensor ops, the statistics in fp32, output in x's dtype."""
+    xf = x.float()
+    r = torch.rsqrt(xf.square().mean(dim=tuple(range(1, x.dim())), keepdim=True) + eps)
+    return (xf * r * _gain(weight, x)).to(x.dtype)
+
+
+class _SampleRMS(torch.autograd.Function):
+    """`sample_rms_reference` keeping x and r = 1/RMS per sample. With x_hat = x r and dx_hat = dy g over the
+    K = C x H x W values of a sample: dx = r (dx_hat - x_hat mean_K(dx_hat x_hat)), dg = sum dy x_hat."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        xf = x.float()
+        r = torch.rsqrt(xf.square().mean(dim=tuple(range(1, x.dim())), keepdim=True) + eps)
+        ctx.save_for_backward(x, r, weight)
+        return (xf * r * _gain(weight, x)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, r, weight = ctx.saved_tensors
+        dyf = dy.float()
+        x_hat = x.float() * r
+        dx = dweight = None
+        if ctx.needs_input_grad[0]:
+            dx_hat = dyf * _gain(weight, x)
+            proj = (dx_hat * x_hat).mean(dim=tuple(range(1, x.dim())), keepdim=True)
+            dx = (r * torch.addcmul(dx_hat, x_hat, proj, value=-1)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            dweight = (dyf * x_hat).sum(dim=(0,) + tuple(range(2, x.dim())))
+        return dx, dweight, None
 
 
 class SampleRMSNorm(nn.Module):
@@ -40,8 +84,9 @@ class SampleRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"RMSNorm: expected input (N, C) or (N, C, ...), got shape {tuple(x.shape)}")
-        y = F.rms_norm(x, tuple(x.shape[1:]), None, self.eps)
-        return y * self.weight.view((-1,) + (1,) * (x.dim() - 2)).to(y.dtype)
+        if torch.compiler.is_compiling():
+            return sample_rms_reference(x, self.weight, self.eps)
+        return _SampleRMS.apply(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

@@ -78,6 +78,33 @@ def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view((1, -1) + (1,) * (like.dim() - 2)).to(like.dtype)
 
 
+def _threshold(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return a.view((-1,) + (1,) * (x.dim() - 2)).to(x.dtype)
+
+
+class _TReLU(torch.autograd.Function):
+    """``z = max(x, a)`` keeping only z for the backward pass (``torch.maximum`` keeps x, which
+    nothing else keeps, while z is the next layer's input, kept by it anyway): where z > a the
+    gradient goes to x, elsewhere (x <= a, z = a) to a, summed per channel in fp32."""
+
+    @staticmethod
+    def forward(ctx, x, a):
+        z = torch.maximum(x, _threshold(a, x))
+        ctx.save_for_backward(z, a)
+        return z
+
+    @staticmethod
+    def backward(ctx, dz):
+        z, a = ctx.saved_tensors
+        above = z > _threshold(a, z)
+        dx = torch.where(above, dz, 0) if ctx.needs_input_grad[0] else None
+        da = None
+        if ctx.needs_input_grad[1]:
+            dims = tuple(d for d in range(z.dim()) if d != 1)
+            da = torch.where(above, 0, dz).sum(dim=dims, dtype=torch.float32).to(a.dtype)
+        return dx, da
+
+
 class TReLU(nn.Module):
     """``relu(x - a) + a == max(x, a)`` with a learnable threshold ``a`` per channel (dim 1), init 0."""
 
@@ -87,8 +114,9 @@ class TReLU(nn.Module):
         self.a = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.a.view((-1,) + (1,) * (x.dim() - 2))
-        return torch.maximum(x, a.to(x.dtype))
+        if torch.compiler.is_compiling():  # inductor decides itself what to keep
+            return torch.maximum(x, _threshold(self.a, x))
+        return _TReLU.apply(x, self.a)
 
     def extra_repr(self) -> str:
         return str(self.num_features)
