@@ -14,10 +14,11 @@ COPY normtrain ./normtrain
 COPY recipes ./recipes
 COPY tools ./tools
 COPY docker/entrypoint.sh /opt/normtrain/entrypoint.sh
-# --no-deps keeps the image's own torch, torchvision and DALI; add only the light pure-Python deps.
+# --no-deps keeps the image's own torch, torchvision and DALI; add only the light pure-Python deps
+# and timm (optim.name lamb/lars); timm asks for any torch, which the image's satisfies.
 RUN pip install --no-cache-dir --no-deps . \
- && pip install --no-cache-dir pyyaml tqdm tensorboard matplotlib \
- && python -c "import normtrain.cli, torch, nvidia.dali; print('normtrain ok, torch', torch.__version__)"
+ && pip install --no-cache-dir pyyaml tqdm tensorboard matplotlib timm \
+ && python -c "import normtrain.cli, torch, nvidia.dali, timm.optim; print('normtrain ok, torch', torch.__version__)"
 WORKDIR /workspace
 # Chain to NGC's own entrypoint: it prints the container banner and runs its driver and
 # CUDA-compatibility checks (warning about a missing GPU, an old driver, a small shm), then
