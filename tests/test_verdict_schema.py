@@ -48,6 +48,16 @@ def test_difference_needs_two_standard_errors_and_the_minimum_effect():
     assert not one["shown"] and math.isnan(one["se"])
 
 
+def test_accuracy_minimum_effect_and_the_seed_mean_curve():
+    assert c.accuracy_min_effect(0.0, 360) == pytest.approx(500 / 360)  # 5 images of 360 > 0.5 points
+    assert c.accuracy_min_effect(0.0, 10000) == 0.5                    # 5 images of 10k < 0.5 points
+    assert c.accuracy_min_effect(2.0, 360) == 2.0 and c.accuracy_min_effect(0.0, 0) == 0.5
+    runs = [{"losses": [2.0, 1.0], "diverged_at": None}, {"losses": [4.0, 3.0], "diverged_at": None},
+            {"losses": [9.0, float("nan")], "diverged_at": 1}]          # a diverged seed is left out
+    assert c.seed_mean_curve(runs) == [3.0, 2.0]
+    assert c.seed_mean_curve(runs[2:]) == []
+
+
 def test_plateau_and_weight_decay_rules():
     assert c.plateaued([2.0] * 10 + [1.0] * 10 + [0.5] * 80)
     assert not c.plateaued([1.0 / (i + 1) for i in range(50)])          # still falling fast

@@ -317,6 +317,18 @@ def difference(a, b, min_effect: float) -> dict:
             "seeds_to_decide": need}
 
 
+def accuracy_min_effect(given: float, test_images: int) -> float:
+    """The smallest test top-1 gap (points) that counts for `difference`: `given`, or else the larger of
+    5 test images and 0.5 points on a test set of `test_images` images (DESIGN §5)."""
+    return given or max(500.0 / test_images if test_images else 0.0, 0.5)
+
+
+def seed_mean_curve(runs: list[dict], key: str = "losses") -> list[float]:
+    """The per-step mean of each run's `key` curve over the seeds that did not diverge ([] when all did)."""
+    full = [r[key] for r in runs if r["diverged_at"] is None]
+    return [sum(c[i] for c in full) / len(full) for i in range(len(full[0]))] if full else []
+
+
 def paired_difference(a, b, min_effect: float) -> dict:
     """`difference` for paired values (a[i] and b[i] from the same seed: the same initial weights and data order):
     the per-seed differences a[i] - b[i] against 0, so that what the seeds share cancels. Same keys as `difference`."""

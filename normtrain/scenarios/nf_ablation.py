@@ -63,7 +63,7 @@ from ..norms.bn import BatchNorm
 from ..norms.bundle import Normalizer
 from ..norms.nf import NormalizerFree
 from . import common
-from .paper import Paper
+from . import spp
 from .spp import he_init, shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
@@ -77,22 +77,12 @@ NAMES = ("bn-relu", "relu-bn", "nf", "nf-no-sws", "nf-no-beta", "he-only")
 COLORS = {"bn-relu": "tab:gray", "relu-bn": "k", "nf": "tab:orange", "nf-no-sws": "tab:blue",
           "nf-no-beta": "tab:green", "he-only": "tab:red"}
 
-
-#: The paper's own setting, for `--scale paper` (`paper.Paper`): white noise of ImageNet's shape.
-PAPER = Paper(
-    where="Hoedt et al. 2022 (blog), Fig. 4-5 (torch.randn(1000, 3, 224, 224) through the ResNets)",
-    dataset=None,
-    gpus=1,
-    params={"image_size": 224, "batch_size": 1000},
-)
+#: The paper's own setting, for `--scale paper`: Hoedt's white noise (the SPP scenarios share it).
+PAPER = spp.PAPER
 
 
 @dataclass
-class Params(common.Params):
-    image_size: int = 64
-    """Input resolution (the blog uses 224; 64 keeps the default fast on CPU)."""
-    batch_size: int = 32
-    """White-noise batch size (the blog uses 1000)."""
+class Params(spp.Params):
     nf_alpha: float = 0.2
     """NF-ResNet alpha (variance growth per block)."""
     mean_ratio: float = 0.1
@@ -104,10 +94,8 @@ class Params(common.Params):
 
     def check(self) -> None:
         super().check()
-        for k in ("image_size", "nf_alpha", "mean_ratio", "steady", "growth_factor"):
+        for k in ("nf_alpha", "mean_ratio", "steady", "growth_factor"):
             common.positive(k, getattr(self, k))
-        if self.batch_size < 2:
-            raise ValueError("batch_size: needs >= 2 (variances)")
 
 
 # -- the ablated networks ------------------------------------------------------------------------

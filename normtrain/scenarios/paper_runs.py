@@ -105,8 +105,8 @@ def test_images(ctx) -> int:
 
 def min_effect(ctx, given: float) -> float:
     """`given`, or max(5 test images, 0.5 points) on the paper's test set."""
-    n = test_images(ctx)
-    return given or max(500.0 / n if n else 0.0, 0.5)
+    from .common import accuracy_min_effect  # common imports torch; a plan needs none
+    return accuracy_min_effect(given, test_images(ctx))
 
 
 def table(done: list[Finished]) -> str:

@@ -52,7 +52,7 @@ import torch
 from .. import models, norms
 from ..models.signal import signal_prop
 from . import common
-from .paper import Paper
+from . import spp
 from .spp import he_init, increment_ratio, input_batch, shape_stats, stage_growth, stage_ids, stage_slices
 
 USES_DATA = True
@@ -63,24 +63,14 @@ CLAIM = ("In ResNet SPPs, BN turns the unnormalized network's exponential varian
          "2022, \"Moment Control\", Fig. 4-5).")
 
 SCALINGS = ("sqrt2", "rescale", "depth", "skipinit")
-#: The paper's own setting: 1000 white-noise images of 3x224x224 through a pre-activation ResNet-50.
-PAPER = Paper(
-    where="Hoedt et al. 2022 (blog), \"Moment Control\", Fig. 4-5 (torch.randn(1000, 3, 224, 224))",
-    dataset=None,
-    gpus=1,
-    params={"image_size": 224, "batch_size": 1000},
-)
-
+#: The paper's own setting, for `--scale paper`: Hoedt's white noise (the SPP scenarios share it).
+PAPER = spp.PAPER
 
 
 @dataclass
-class Params(common.Params):
+class Params(spp.Params):
     scalings: list[str] = field(default_factory=lambda: list(SCALINGS))
     """norm.residual scalings to compare (each without normalization and with bn)."""
-    image_size: int = 64
-    """Input resolution (the blog's 224; 64 keeps the default fast on CPU)."""
-    batch_size: int = 32
-    """White-noise batch size (the blog's 1000)."""
     depth_power: float = 1.0
     """norm.residual_depth_power of the 'depth' scaling (1: 1/L, Arpit et al.; 0.5: 1/sqrt(L))."""
     grow_factor: float = 1.25
@@ -96,10 +86,7 @@ class Params(common.Params):
         super().check()
         if not self.scalings or any(sc not in SCALINGS for sc in self.scalings):
             raise ValueError(f"scalings: {self.scalings} must be a non-empty list of: {', '.join(SCALINGS)}")
-        for k in ("image_size", "depth_power"):
-            common.positive(k, getattr(self, k))
-        if self.batch_size < 2:
-            raise ValueError("batch_size: needs >= 2 (variances)")
+        common.positive("depth_power", self.depth_power)
         for k in ("grow_factor", "linear_tol"):
             if getattr(self, k) <= 1:
                 raise ValueError(f"{k}: must be > 1")

@@ -41,7 +41,7 @@ import torch
 from .. import models, norms
 from ..models.signal import signal_prop
 from . import common
-from .paper import Paper
+from . import spp
 from .spp import diffs, log_r_squared, pearson, r_squared, shape_stats, stage_ids, stage_slices
 
 USES_DATA = True
@@ -52,22 +52,12 @@ CLAIM = ("In a pre-activation ResNet-50 with BN the variance grows linearly with
 
 CONFIGS = [("bn", "preact-resnet50", "bn"), ("none", "preact-resnet50", "none"), ("nf", "nf-resnet50", "nf")]
 
-
-#: The paper's own setting, for `--scale paper` (`paper.Paper`): white noise of ImageNet's shape.
-PAPER = Paper(
-    where="Hoedt et al. 2022 (blog), Fig. 4-5 (torch.randn(1000, 3, 224, 224) through the ResNets)",
-    dataset=None,
-    gpus=1,
-    params={"image_size": 224, "batch_size": 1000},
-)
+#: The paper's own setting, for `--scale paper`: Hoedt's white noise (the SPP scenarios share it).
+PAPER = spp.PAPER
 
 
 @dataclass
-class Params(common.Params):
-    image_size: int = 64
-    """Input resolution (the blog uses 224; 64 keeps the default fast on CPU)."""
-    batch_size: int = 32
-    """White-noise batch size (the blog uses 1000)."""
+class Params(spp.Params):
     nf_skip_gain: float = 1.0
     """NF-ResNet skip gain (1 for SPPs; 0 = SkipInit would make every block an identity)."""
     nf_alpha: float = 0.2
@@ -79,10 +69,8 @@ class Params(common.Params):
 
     def check(self) -> None:
         super().check()
-        for k in ("image_size", "batch_size", "nf_alpha", "min_factor"):
+        for k in ("nf_alpha", "min_factor"):
             common.positive(k, getattr(self, k))
-        if self.batch_size < 2:
-            raise ValueError("batch_size: needs >= 2 (variances)")
         if not -1 <= self.corr_threshold <= 1:
             raise ValueError("corr_threshold: must be in [-1, 1]")
 

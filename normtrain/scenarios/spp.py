@@ -17,11 +17,39 @@ which blocks form a stage and what shape a per-block variance curve has:
   increment exceeds the previous one, ~1 for linear growth, > 1 for accelerating
   (exponential) growth.
 
-Pure functions on lists of numbers (no torch), except `input_batch` and `he_init`.
+Pure functions on lists of numbers (no torch), except `input_batch` and `he_init`; and
+what the three scenarios share of their setting: the paper's white-noise input
+(`PAPER`) and its size parameters with their checks (`Params`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from . import common
+from .paper import Paper
+
+#: The paper's own setting, for `--scale paper` (`paper.Paper`): white noise of ImageNet's shape.
+PAPER = Paper(
+    where="Hoedt et al. 2022 (blog), \"Moment Control\", Fig. 4-5 (torch.randn(1000, 3, 224, 224) through the ResNets)",
+    dataset=None,
+    gpus=1,
+    params={"image_size": 224, "batch_size": 1000},
+)
+
+
+@dataclass
+class Params(common.Params):
+    image_size: int = 64
+    """Input resolution (the blog's 224; 64 keeps the default fast on CPU)."""
+    batch_size: int = 32
+    """White-noise batch size (the blog's 1000)."""
+
+    def check(self) -> None:
+        super().check()
+        common.positive("image_size", self.image_size)
+        if self.batch_size < 2:
+            raise ValueError("batch_size: needs >= 2 (variances)")
 
 
 def input_batch(ctx, batch_size: int, image_size: int, seed: int):
@@ -30,7 +58,6 @@ def input_batch(ctx, batch_size: int, image_size: int, seed: int):
     channel repeated to 3 when it has one."""
     import torch
 
-    from . import common
     if ctx.data:
         x = next(iter(common.loader(ctx, batch_size, "val", image_size).epoch(0)))[0]
         if x.shape[1] != 3:

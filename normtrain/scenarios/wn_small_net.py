@@ -315,17 +315,14 @@ def run(ctx, p: Params) -> dict:
                             "final_train_loss": sum(losses[-k:]) / k if div is None else float("nan")})
             bar.update(1)
     bar.close()
-    curves = {}
-    for m, rs in runs.items():
-        full = [r["losses"] for r in rs if r["diverged_at"] is None]
-        curves[m] = [sum(c[i] for c in full) / len(full) for i in range(len(full[0]))] if full else []
+    curves = {m: common.seed_mean_curve(rs) for m, rs in runs.items()}
     k = max(1, len(next(iter(curves.values()))) // 10)
     final_loss = {m: (sum(c[-k:]) / k if c else float("nan")) for m, c in curves.items()}
     converged = {m: bool(c) and settled(c) and final_loss[m] <= p.max_final_loss for m, c in curves.items()}
     top1 = {m: [r["test_top1"] for r in rs] for m, rs in runs.items()}
     mean_loss = {m: [r["mean_train_loss"] for r in rs] for m, rs in runs.items()}
     n_test = sum(len(y) for _, y in test)
-    min_effect = p.min_effect or max(500.0 / n_test, 0.5)
+    min_effect = common.accuracy_min_effect(p.min_effect, n_test)
     v = verdict(mean_loss, top1, converged, p.min_loss_effect, min_effect)
     plot(ctx, p, curves, {m: [r["evals"] for r in rs] for m, rs in runs.items()}, top1, v)
     steps = runs[p.methods[0]][0]["steps"]

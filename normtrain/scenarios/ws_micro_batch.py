@@ -365,12 +365,9 @@ def run(ctx, p: Params) -> dict:
             bar.update(1)
     bar.close()
     top1 = {n: [r["test_top1"] for r in rs] for n, rs in runs.items()}
-    curves = {}
-    for n, rs in runs.items():
-        full = [r["losses"] for r in rs if r["diverged_at"] is None]
-        curves[n] = [sum(c[i] for c in full) / len(full) for i in range(len(full[0]))] if full else []
+    curves = {n: common.seed_mean_curve(rs) for n, rs in runs.items()}
     n_test = sum(len(y) for _, y in test)
-    min_effect = p.min_effect or max(500.0 / n_test, 0.5)
+    min_effect = common.accuracy_min_effect(p.min_effect, n_test)
     v = verdict(top1, curves, min_effect, grad_gap)
     plot(ctx, p, names, curves, top1, per_image, v)
     rows = [[n, plan.micro, plan.accum, common.pm(top1[n]), common.pm([r["test_loss"] for r in runs[n]]),
