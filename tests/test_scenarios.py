@@ -537,8 +537,8 @@ def test_wn_generalization_verdict_every_state():
     assert states(wn_generalization.verdict(_wng([90.0, 90.5, 91.0], worse, worse, worse),
                                             ["wn"]))["wn: trains-better"] == N
     assert wn_generalization.verdict({"wn": {}}, ["wn"])["state"] == NA
-    assert wn_generalization.min_effect(360, 5, 0.5) == pytest.approx(500 / 360)
-    assert wn_generalization.min_effect(10000, 5, 0.5) == 0.5
+    assert common.accuracy_min_effect(0.0, 360, 5, 0.5) == pytest.approx(500 / 360)
+    assert common.accuracy_min_effect(0.0, 10000, 5, 0.5) == 0.5
 
 
 def test_wn_generalization_configs():

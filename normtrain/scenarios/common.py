@@ -317,10 +317,10 @@ def difference(a, b, min_effect: float) -> dict:
             "seeds_to_decide": need}
 
 
-def accuracy_min_effect(given: float, test_images: int) -> float:
-    """The smallest test top-1 gap (points) that counts for `difference`: `given`, or else the larger of
-    5 test images and 0.5 points on a test set of `test_images` images (DESIGN §5)."""
-    return given or max(500.0 / test_images if test_images else 0.0, 0.5)
+def accuracy_min_effect(given: float, test_images: int, images: int = 5, points: float = 0.5) -> float:
+    """The smallest top-1 gap (points) that counts for `difference`: `given`, or else the larger of
+    `images` images and `points` points on a split of `test_images` images (DESIGN §5: 5 and 0.5)."""
+    return given or max(100.0 * images / test_images if test_images else 0.0, points)
 
 
 def seed_mean_curve(runs: list[dict], key: str = "losses") -> list[float]:

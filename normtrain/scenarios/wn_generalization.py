@@ -129,11 +129,6 @@ def configs(p: Params) -> list[tuple[str, str, float, float]]:
     return out
 
 
-def min_effect(n: int, images: int, points: float) -> float:
-    """The smallest accuracy gap (points) that counts on a split of n images: max(images / n, points)."""
-    return max(100.0 * images / max(n, 1), points)
-
-
 def verdict(res: dict, methods: list[str], effect_test: float = 1.39, effect_train: float = 0.5,
             wd_acts: bool = True, wd_text: str = "") -> dict:
     """res[config] = {'train_top1', 'test_top1', 'train_loss': [per seed], 'converged': [per seed]} for bn and each
@@ -224,8 +219,8 @@ def paper_judge(ctx, p: Params, done) -> dict:
     wd_acts = common.decay_acts(mean_lr, p.weight_decay * p.wd_factor, steps)
     wd_text = f"mean lr x wd x steps = {mean_lr * p.weight_decay * p.wd_factor * steps:.2%}"
     n_test, n_train = pr.test_images(ctx), 1_281_167
-    v = verdict(res, p.methods, min_effect(n_test, p.min_images, p.min_points),
-                min_effect(n_train, p.min_images, p.min_points), wd_acts, wd_text)
+    v = verdict(res, p.methods, common.accuracy_min_effect(0.0, n_test, p.min_images, p.min_points),
+                common.accuracy_min_effect(0.0, n_train, p.min_images, p.min_points), wd_acts, wd_text)
     pr.plot(ctx, done, v, "wn_generalization.png")
     meas = {"model": p.model, "seeds": list(range(p.seed, p.seed + p.seeds)), "summary": res,
             "weight_decay_acts": wd_acts, "runs": [f.summary() for f in done]}
@@ -307,8 +302,8 @@ def run(ctx, p: Params) -> dict:
     shrink = mean_lr * p.weight_decay * p.wd_factor * p.steps
     wd_acts = common.decay_acts(mean_lr, p.weight_decay * p.wd_factor, p.steps)
     wd_text = f"mean lr x wd x steps = {shrink:.2%}"
-    effect_test = min_effect(n_test, p.min_images, p.min_points)
-    effect_train = min_effect(n_train, p.min_images, p.min_points)
+    effect_test = common.accuracy_min_effect(0.0, n_test, p.min_images, p.min_points)
+    effect_train = common.accuracy_min_effect(0.0, n_train, p.min_images, p.min_points)
     v = verdict(res, p.methods, effect_test, effect_train, wd_acts, wd_text)
     plot(ctx, p, names, res, curves, v)
     rows = [[n, common.pm(res[n]["train_loss"]), common.pm(res[n]["train_top1"]), common.pm(res[n]["test_loss"]),
